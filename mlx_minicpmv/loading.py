@@ -1,0 +1,147 @@
+"""``load(path_or_repo) -> (model, processor)``: strict, with errors that name the file and the fix."""
+
+import json
+from pathlib import Path
+from typing import Dict, Tuple
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from .config import ModelConfig
+from .model import Model
+
+# What a converted or original checkpoint directory must or may hold, for downloads.
+ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, truncated or of another model."""
+
+
+def resolve(path_or_repo, allow_patterns=ALLOW_PATTERNS) -> Path:
+    """A local directory as is, or a Hugging Face repo id downloaded through huggingface_hub
+    (its own progress bars and cache). Offline, one line says so."""
+    path = Path(path_or_repo).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"{path} is a file; pass the model directory that holds config.json")
+        return path
+    if str(path_or_repo).startswith((".", "/", "~")) or str(path_or_repo).count("/") != 1:
+        raise CheckpointError(
+            f"{path_or_repo}: no such directory, and not a Hugging Face repo id (owner/name)"
+        )
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(snapshot_download(str(path_or_repo), allow_patterns=allow_patterns))
+    except RepositoryNotFoundError:
+        raise CheckpointError(f"{path_or_repo}: no such repo on the Hugging Face Hub (or it is private)") from None
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
+        raise CheckpointError(
+            f"cannot download {path_or_repo}: the Hugging Face Hub is not reachable and the model is "
+            f"not in the local cache ({type(e).__name__}); connect to the internet, or pass a local "
+            "directory made by convert.py"
+        ) from None
+
+
+def load_config(path: Path) -> dict:
+    file = path / "config.json"
+    if not file.exists():
+        raise CheckpointError(f"{path}: no config.json; is this a MiniCPM-V 4.6 model directory?")
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{file}: not valid JSON ({e}); convert or download the model again") from None
+
+
+def read_weights(path: Path) -> Tuple[Dict[str, mx.array], Dict[str, str]]:
+    """All tensors of the directory's safetensors files (lazily), and the file of each."""
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{path}: no *.safetensors weight files; the conversion or download is incomplete")
+    weights, origin = {}, {}
+    for file in files:
+        try:
+            part = mx.load(str(file))
+        except Exception as e:  # mlx raises RuntimeError/ValueError with its own text
+            raise CheckpointError(
+                f"{file}: cannot be read ({str(e).splitlines()[0]}); the file is truncated or corrupt, "
+                "download or convert it again"
+            ) from None
+        weights.update(part)
+        origin.update(dict.fromkeys(part, file.name))
+    return weights, origin
+
+
+def build_model(config: dict) -> Model:
+    try:
+        return Model(ModelConfig.from_dict(config))
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"config.json: {e}") from None
+
+
+def apply_quantization(model: Model, config: dict, weights: Dict[str, mx.array]) -> None:
+    """Turn the layers that have quantised weights in the checkpoint into quantised layers."""
+    q = config.get("quantization")
+    if not q:
+        return
+
+    def predicate(path, module):
+        if f"{path}.scales" not in weights:
+            return False
+        return q[path] if isinstance(q.get(path), dict) else True
+
+    nn.quantize(model, group_size=q["group_size"], bits=q["bits"], mode=q.get("mode", "affine"),
+                class_predicate=predicate)
+
+
+def check_weights(model: Model, weights: Dict[str, mx.array], origin: Dict[str, str], where: Path) -> None:
+    expected = dict(tree_flatten(model.parameters()))
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} weights missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        files = sorted({origin.get(k, '?') for k in unexpected})
+        problems.append(f"{len(unexpected)} unexpected weights in {', '.join(files)} (e.g. {', '.join(unexpected[:3])})")
+    for key in sorted(set(expected) & set(weights)):
+        if expected[key].shape != weights[key].shape:
+            problems.append(
+                f"{origin.get(key, '?')}: {key} has shape {tuple(weights[key].shape)}, "
+                f"config.json implies {tuple(expected[key].shape)}"
+            )
+            break
+    if problems:
+        raise CheckpointError(
+            f"{where}: the weights do not match config.json: " + "; ".join(problems)
+            + ". The checkpoint is incomplete or from another model; convert it again with convert.py"
+        )
+
+
+def load_model(path, lazy: bool = False) -> Model:
+    """A model from a local directory holding an HF or converted checkpoint."""
+    path = Path(path)
+    config = load_config(path)
+    model = build_model(config)
+    weights, origin = read_weights(path)
+    weights = model.sanitize(weights)
+    origin = {k: origin.get(k) or origin.get(f"model.{k}") for k in weights}
+    apply_quantization(model, config, weights)
+    check_weights(model, weights, origin, path)
+    model.load_weights(list(weights.items()), strict=True)
+    if not lazy:
+        mx.eval(model.parameters())
+    model.eval()
+    return model
+
+
+def load(path_or_repo, lazy: bool = False):
+    """``(model, processor)`` from a converted directory, an HF checkpoint directory or a repo id."""
+    from .processing.processor import Processor
+
+    path = resolve(path_or_repo)
+    model = load_model(path, lazy=lazy)
+    return model, Processor.from_pretrained(path)

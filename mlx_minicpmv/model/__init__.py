@@ -1,0 +1,3 @@
+from .minicpmv import Model
+
+__all__ = ["Model"]

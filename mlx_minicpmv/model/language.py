@@ -1,0 +1,69 @@
+"""Qwen3.5-0.8B-style hybrid language model (spec §5), built from mlx-lm's own Qwen3.5 blocks.
+
+The gated DeltaNet, the gated attention with partial RoPE and the SwiGLU MLP are mlx-lm's
+classes unchanged. Only the layer stack is ours, because mlx-lm picks each layer's kind from
+``full_attention_interval`` while the HF config's ``layer_types`` may hold any pattern, and
+because this stack takes spliced input embeddings and hands back logits in one call.
+"""
+
+from typing import List, Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.base import create_attention_mask, create_ssm_mask
+from mlx_lm.models.cache import ArraysCache, KVCache
+from mlx_lm.models.qwen3_5 import MLP, Attention, GatedDeltaNet
+
+from ..config import TextConfig
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: TextConfig, layer_type: str):
+        super().__init__()
+        self.is_linear = layer_type == "linear_attention"
+        if self.is_linear:
+            self.linear_attn = GatedDeltaNet(config)
+        else:
+            self.self_attn = Attention(config)
+        # The checkpoint's norms are zero-centred, y = norm(x)·(1 + w); sanitize adds the 1 so
+        # that the fast plain RMSNorm applies.
+        self.input_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mlp = MLP(config.hidden_size, config.intermediate_size)
+
+    def __call__(self, x: mx.array, mask=None, cache=None) -> mx.array:
+        mixer = self.linear_attn if self.is_linear else self.self_attn
+        h = x + mixer(self.input_layernorm(x), mask, cache)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class LanguageModel(nn.Module):
+    def __init__(self, config: TextConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = [DecoderLayer(config, t) for t in config.layer_types]
+        self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        if not config.tie_word_embeddings:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def __call__(self, embeds: mx.array, cache: Optional[List] = None) -> mx.array:
+        """(B, L, hidden) input embeddings -> (B, L, vocab) logits, advancing ``cache``."""
+        if cache is None:
+            cache = [None] * len(self.layers)
+        first_linear = next((i for i, l in enumerate(self.layers) if l.is_linear), None)
+        first_full = next((i for i, l in enumerate(self.layers) if not l.is_linear), None)
+        fa_mask = None if first_full is None else create_attention_mask(embeds, cache[first_full])
+        ssm_mask = None if first_linear is None else create_ssm_mask(embeds, cache[first_linear])
+
+        h = embeds
+        for layer, c in zip(self.layers, cache):
+            h = layer(h, ssm_mask if layer.is_linear else fa_mask, c)
+        h = self.norm(h)
+        if self.config.tie_word_embeddings:
+            return self.embed_tokens.as_linear(h)
+        return self.lm_head(h)
+
+    def make_cache(self) -> List:
+        """Conv + recurrent state for DeltaNet layers, a KV cache for attention layers."""
+        return [ArraysCache(size=2) if l.is_linear else KVCache() for l in self.layers]

@@ -1,0 +1,179 @@
+"""MiniCPM-V 4.6: vision tower + merger + hybrid language model, and the splice between them.
+
+References: transformers 5.23 ``models/minicpmv4_6/modeling_minicpmv4_6.py`` and
+``models/qwen3_5/modeling_qwen3_5.py``; ``shared/model-spec.md`` says what was checked.
+"""
+
+from collections import defaultdict
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from ..config import ModelConfig
+from .language import LanguageModel
+from .merger import Merger
+from .vision import VisionTower, check_grid
+
+# A bound on patches per tower pass: keeps a long video's activations (B·L·4304 floats in the
+# MLP) to a few hundred MB whatever the frame count.
+MAX_PATCHES_PER_PASS = 16384
+
+
+class Model(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        vc, tc = config.vision_config, config.text_config
+        self.vision_tower = VisionTower(vc)
+        self.merger = Merger(vc.hidden_size, tc.hidden_size, config.merge_kernel_size, config.merger_times)
+        self.language_model = LanguageModel(tc)
+
+    # -- vision -------------------------------------------------------------------------------
+    def encode_slices(
+        self, pixel_values: mx.array, target_sizes, downsample_mode: Optional[str] = None
+    ) -> mx.array:
+        """Features of every slice, concatenated in processor order: (Σ tokens, text hidden).
+
+        ``target_sizes`` are the processor's patch grids, read on the host once: they are
+        inputs, so no computed value ever comes back to Python.
+        """
+        use_vit_merger = (downsample_mode or self.config.downsample_mode) != "4x"
+        sizes = [tuple(int(v) for v in s) for s in np.asarray(target_sizes).reshape(-1, 2)]
+        multiple = self.merger.kernel * (self.vision_tower.vit_merger.kernel if use_vit_merger else 1)
+        for h, w in sizes:
+            check_grid(h, w, multiple)
+        patches = self.vision_tower.embeddings.patchify(pixel_values)
+        if patches.shape[0] != sum(h * w for h, w in sizes):
+            raise ValueError(
+                f"pixel_values hold {patches.shape[0]} patches but target_sizes describe "
+                f"{sum(h * w for h, w in sizes)}"
+            )
+        offsets = np.concatenate([[0], np.cumsum([h * w for h, w in sizes])])
+
+        groups: Dict[Tuple[int, int], List[int]] = defaultdict(list)
+        for i, hw in enumerate(sizes):
+            groups[hw].append(i)
+        out: List[Optional[mx.array]] = [None] * len(sizes)
+        for (h, w), members in groups.items():
+            step = max(1, MAX_PATCHES_PER_PASS // (h * w))
+            for start in range(0, len(members), step):
+                chunk = members[start : start + step]
+                x = mx.stack([patches[offsets[i] : offsets[i + 1]] for i in chunk])
+                x, (h2, w2) = self.vision_tower(x, h, w, use_vit_merger)
+                x = self.merger(x, h2, w2)
+                for j, i in enumerate(chunk):
+                    out[i] = x[j]
+        return mx.concatenate(out, axis=0)
+
+    # -- text ---------------------------------------------------------------------------------
+    def embed(
+        self,
+        input_ids: mx.array,
+        pixel_values: Optional[mx.array] = None,
+        target_sizes=None,
+        pixel_values_videos: Optional[mx.array] = None,
+        target_sizes_videos=None,
+        downsample_mode: Optional[str] = None,
+        image_features: Optional[mx.array] = None,
+        video_features: Optional[mx.array] = None,
+    ) -> mx.array:
+        """Token embeddings with vision features written over the image/video pad tokens.
+
+        Precomputed ``image_features``/``video_features`` (from ``encode_slices``) skip the tower.
+        """
+        embeds = self.language_model.embed_tokens(input_ids)
+        if image_features is None and pixel_values is not None:
+            image_features = self.encode_slices(pixel_values, target_sizes, downsample_mode)
+        if video_features is None and pixel_values_videos is not None:
+            video_features = self.encode_slices(pixel_values_videos, target_sizes_videos, downsample_mode)
+        for features, token_id, kind in (
+            (image_features, self.config.image_token_id, "image"),
+            (video_features, self.config.video_token_id, "video"),
+        ):
+            embeds = splice(embeds, input_ids, features, token_id, kind)
+        return embeds
+
+    def __call__(
+        self,
+        input_ids: mx.array,
+        pixel_values: Optional[mx.array] = None,
+        target_sizes=None,
+        cache: Optional[list] = None,
+        **vision_inputs,
+    ) -> mx.array:
+        """(B, L) ids [+ processor pixel_values/target_sizes] -> (B, L, vocab) logits.
+
+        ``vision_inputs`` may hold ``pixel_values_videos``, ``target_sizes_videos``,
+        ``downsample_mode``, ``image_features``, ``video_features`` and ``input_embeddings``.
+        """
+        embeds = vision_inputs.pop("input_embeddings", None)
+        if embeds is None:
+            embeds = self.embed(input_ids, pixel_values, target_sizes, **vision_inputs)
+        return self.language_model(embeds, cache)
+
+    def make_cache(self) -> list:
+        return self.language_model.make_cache()
+
+    # -- weights ------------------------------------------------------------------------------
+    @staticmethod
+    def sanitize(weights: Dict[str, mx.array]) -> Dict[str, mx.array]:
+        """HF state dict -> this module tree. Pure and idempotent: only ``model.``-prefixed
+        (HF) keys are rewritten, so a converted checkpoint passes through unchanged."""
+        zero_centred = (
+            ".input_layernorm.weight",
+            ".post_attention_layernorm.weight",
+            "language_model.norm.weight",
+            ".q_norm.weight",
+            ".k_norm.weight",
+        )
+        out = {}
+        for key, value in weights.items():
+            if key == "lm_head.weight" or key.startswith(("mtp.", "model.mtp.")) or ".mtp." in key:
+                continue  # tied to embed_tokens; MTP weights are never used (spec §16.19)
+            if not key.startswith("model."):
+                out[key] = value
+                continue
+            key = key[len("model.") :]
+            if key.endswith("patch_embedding.weight"):
+                value = value.transpose(0, 2, 3, 1)  # (O, C, kh, kw) -> MLX (O, kh, kw, C)
+            elif key.endswith("conv1d.weight"):
+                value = value.transpose(0, 2, 1)  # (C, 1, K) -> MLX (C, K, 1)
+            elif key.endswith(zero_centred):
+                value = (value.astype(mx.float32) + 1.0).astype(value.dtype)
+            out[key] = value
+        return out
+
+    @staticmethod
+    def cast_predicate(path: str) -> bool:
+        """Parameters a dtype conversion may cast: the DeltaNet decay parameters stay fp32,
+        since g = -exp(A_log)·softplus(a + dt_bias) compounds over every token."""
+        return not path.endswith(("A_log", "dt_bias"))
+
+    @staticmethod
+    def quant_predicate(path: str, module: nn.Module) -> bool:
+        """Layers a quantisation may touch (see README, "Quantisation", for the measured why):
+        the DeltaNet gate projections (16 outputs that set decay and write rate) and the
+        position table stay in the float dtype."""
+        return not path.endswith(("in_proj_a", "in_proj_b", "position_embedding"))
+
+
+def splice(embeds: mx.array, input_ids: mx.array, features, token_id: int, kind: str) -> mx.array:
+    """Write ``features`` row by row over the ``token_id`` positions (row-major over batch, seq).
+
+    Gather by a running count instead of masked_scatter, so the graph needs no host sync.
+    """
+    n_tokens = int(np.sum(np.asarray(input_ids) == token_id))
+    n_features = 0 if features is None else features.shape[0]
+    if n_tokens != n_features:
+        raise ValueError(
+            f"the prompt has {n_tokens} {kind} placeholder tokens but the {kind} inputs give "
+            f"{n_features} features; build the prompt and the pixels with the same processor call"
+        )
+    if n_tokens == 0:
+        return embeds
+    mask = input_ids == token_id
+    index = mx.maximum(mx.cumsum(mask.reshape(-1).astype(mx.int32)) - 1, 0)
+    gathered = features.astype(embeds.dtype)[index].reshape(embeds.shape)
+    return mx.where(mask[..., None], gathered, embeds)
