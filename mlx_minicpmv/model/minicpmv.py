@@ -101,17 +101,19 @@ class Model(nn.Module):
         pixel_values: Optional[mx.array] = None,
         target_sizes=None,
         cache: Optional[list] = None,
+        input_embeddings: Optional[mx.array] = None,
         **vision_inputs,
     ) -> mx.array:
         """(B, L) ids [+ processor pixel_values/target_sizes] -> (B, L, vocab) logits.
 
         ``vision_inputs`` may hold ``pixel_values_videos``, ``target_sizes_videos``,
-        ``downsample_mode``, ``image_features``, ``video_features`` and ``input_embeddings``.
+        ``downsample_mode``, ``image_features`` and ``video_features``. Ready
+        ``input_embeddings`` (from ``embed``) skip the embedding step, as mlx-lm's
+        ``generate_step`` passes them chunk by chunk.
         """
-        embeds = vision_inputs.pop("input_embeddings", None)
-        if embeds is None:
-            embeds = self.embed(input_ids, pixel_values, target_sizes, **vision_inputs)
-        return self.language_model(embeds, cache)
+        if input_embeddings is None:
+            input_embeddings = self.embed(input_ids, pixel_values, target_sizes, **vision_inputs)
+        return self.language_model(input_embeddings, cache)
 
     def make_cache(self) -> list:
         return self.language_model.make_cache()
@@ -163,16 +165,18 @@ def splice(embeds: mx.array, input_ids: mx.array, features, token_id: int, kind:
     """Write ``features`` row by row over the ``token_id`` positions (row-major over batch, seq).
 
     Gather by a running count instead of masked_scatter, so the graph needs no host sync.
+    Without features the ids embed as plain tokens, as in the reference (a decode step that
+    samples a pad token must not fail).
     """
+    if features is None:
+        return embeds
     n_tokens = int(np.sum(np.asarray(input_ids) == token_id))
-    n_features = 0 if features is None else features.shape[0]
+    n_features = features.shape[0]
     if n_tokens != n_features:
         raise ValueError(
             f"the prompt has {n_tokens} {kind} placeholder tokens but the {kind} inputs give "
             f"{n_features} features; build the prompt and the pixels with the same processor call"
         )
-    if n_tokens == 0:
-        return embeds
     mask = input_ids == token_id
     index = mx.maximum(mx.cumsum(mask.reshape(-1).astype(mx.int32)) - 1, 0)
     gathered = features.astype(embeds.dtype)[index].reshape(embeds.shape)

@@ -1,0 +1,197 @@
+"""``Processor``: chat messages with images and videos -> the model's inputs (spec §7-10)."""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import mlx.core as mx
+import numpy as np
+
+from . import prompt
+from .image import load_image, slice_image
+from .video import load_video_units
+
+# Video settings of the model card: one slice per frame, no image ids.
+VIDEO_DEFAULTS = dict(video_max_slice_nums=1, video_use_image_id=False, max_num_frames=128, stack_frames=1, fps=1.0)
+
+
+@dataclass
+class ProcessorOutput:
+    """What ``Processor.__call__`` returns: model inputs (``mx.array``s in the layout of the
+    transformers processor) plus what generation and the app need to know about them."""
+
+    input_ids: mx.array
+    pixel_values: Optional[mx.array] = None
+    target_sizes: Optional[mx.array] = None
+    pixel_values_videos: Optional[mx.array] = None
+    target_sizes_videos: Optional[mx.array] = None
+    downsample_mode: str = "16x"
+    text: str = ""
+    image_spans: List[Tuple[int, int]] = field(default_factory=list)
+    video_spans: List[Tuple[int, int]] = field(default_factory=list)
+    frame_times: List[List[float]] = field(default_factory=list)
+
+    def model_inputs(self) -> dict:
+        """Keyword arguments for ``Model.__call__`` / ``Model.embed``."""
+        return dict(
+            pixel_values=self.pixel_values, target_sizes=self.target_sizes,
+            pixel_values_videos=self.pixel_values_videos, target_sizes_videos=self.target_sizes_videos,
+            downsample_mode=self.downsample_mode,
+        )
+
+    @property
+    def num_tokens(self) -> int:
+        return self.input_ids.shape[-1]
+
+
+@dataclass
+class PackedVision:
+    pixel_values: np.ndarray
+    target_sizes: np.ndarray
+    replacements: List[str]
+    tokens: List[int]  # placeholder tokens per image / video
+
+
+def media_items(messages) -> List[Tuple[str, object]]:
+    """(kind, source) of every image and video item, in conversation order."""
+    found = []
+    for message in messages:
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        for item in content:
+            if not isinstance(item, dict):
+                continue
+            kind = item.get("type")
+            if kind in ("image", "image_url") or "image" in item or "image_url" in item:
+                src = item.get("image", item.get("path", item.get("url", item.get("image_url"))))
+                found.append(("image", src["url"] if isinstance(src, dict) else src))
+            elif kind == "video" or "video" in item:
+                found.append(("video", item.get("video", item.get("path", item.get("url")))))
+    return found
+
+
+class Processor:
+    def __init__(self, tokenizer, image_config: Optional[dict] = None, generation_config: Optional[dict] = None):
+        self.tokenizer = tokenizer
+        cfg = dict(max_slice_nums=9, scale_resolution=448, patch_size=14, use_image_id=True, slice_mode=True,
+                   image_mean=[0.5] * 3, image_std=[0.5] * 3, downsample_mode="16x")
+        cfg.update({k: v for k, v in (image_config or {}).items() if k in cfg})
+        self.image_config = cfg
+        self.generation_config = generation_config or {}
+        self.tokens = prompt.SpecialTokens.from_tokenizer(tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, path) -> "Processor":
+        from mlx_lm.tokenizer_utils import load as load_tokenizer
+
+        path = Path(path)
+        gen = _read_json(path / "generation_config.json")
+        eos = gen.get("eos_token_id")
+        eos = [eos] if isinstance(eos, int) else eos
+        tokenizer = load_tokenizer(path, eos_token_ids=eos)
+        return cls(tokenizer, _read_json(path / "preprocessor_config.json"), gen)
+
+    @property
+    def eos_token_ids(self) -> List[int]:
+        return sorted(self.tokenizer.eos_token_ids)
+
+    # -- pieces -----------------------------------------------------------------------------
+    def pack(self, units_per_item, pad: str, *, max_slice_nums, downsample_mode, use_image_id) -> PackedVision:
+        """Slice every image of every item; one placeholder text per item (spec §8)."""
+        c = self.image_config
+        divisor = 4 if downsample_mode == "4x" else 16
+        strips, sizes, replacements, tokens = [], [], [], []
+        for k, images in enumerate(units_per_item):
+            text = prompt.image_id(k, self.tokens) if use_image_id else ""
+            count = 0
+            for image in images:
+                s, hw, grid = slice_image(
+                    image, max_slice_nums=max_slice_nums, scale_resolution=c["scale_resolution"],
+                    patch_size=c["patch_size"], downsample_mode=downsample_mode, slice_mode=c["slice_mode"],
+                    mean=c["image_mean"], std=c["image_std"])
+                n = [h * w // divisor for h, w in hw]
+                text += prompt.unit_placeholder(pad, n, grid, self.tokens)
+                strips += s
+                sizes += hw
+                count += sum(n)
+            replacements.append(text)
+            tokens.append(count)
+        return PackedVision(np.concatenate(strips, axis=-1)[None], np.asarray(sizes, np.int32).reshape(-1, 2),
+                            replacements, tokens)
+
+    def process_images(self, images, *, max_slice_nums=None, downsample_mode=None, use_image_id=None) -> PackedVision:
+        c = self.image_config
+        return self.pack(
+            [[load_image(i)] for i in images], self.tokens.image,
+            max_slice_nums=max_slice_nums or c["max_slice_nums"], downsample_mode=downsample_mode or c["downsample_mode"],
+            use_image_id=c["use_image_id"] if use_image_id is None else use_image_id)
+
+    # -- the call ---------------------------------------------------------------------------
+    def __call__(self, messages, *, max_slice_nums=None, downsample_mode=None, use_image_id=None,
+                 enable_thinking=False, add_generation_prompt=True, tools=None, **video_options) -> ProcessorOutput:
+        """Chat messages in the transformers form -> ``ProcessorOutput``.
+
+        Image options mirror the reference processor; video options are ``max_num_frames``,
+        ``fps``, ``stack_frames``, ``video_max_slice_nums`` and ``video_use_image_id``.
+        """
+        unknown = set(video_options) - set(VIDEO_DEFAULTS)
+        if unknown:
+            raise TypeError(f"unknown processor options: {', '.join(sorted(unknown))}")
+        v = {**VIDEO_DEFAULTS, **video_options}
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        mode = downsample_mode or self.image_config["downsample_mode"]
+        if mode not in ("16x", "4x"):
+            raise ValueError(f"downsample_mode must be '16x' or '4x', got {mode!r}")
+        text = prompt.render(self.tokenizer, messages, enable_thinking, add_generation_prompt, tools)
+        items = media_items(messages)
+        images = [load_image(src) for kind, src in items if kind == "image"]
+        videos = [load_video_units(src, v["max_num_frames"], v["stack_frames"], v["fps"])
+                  for kind, src in items if kind == "video"]
+        out = ProcessorOutput(input_ids=None, downsample_mode=mode)
+        expanded = text
+        if images:
+            packed = self.process_images(images, max_slice_nums=max_slice_nums, downsample_mode=mode,
+                                         use_image_id=use_image_id)
+            expanded = prompt.expand(expanded, self.tokens.image, packed.replacements)
+            out.pixel_values, out.target_sizes = mx.array(packed.pixel_values), mx.array(packed.target_sizes)
+            image_tokens = packed.tokens
+        else:
+            prompt.expand(expanded, self.tokens.image, [])
+            image_tokens = []
+        if videos:
+            packed = self.pack([[u for u, _ in units] for units in videos], self.tokens.video,
+                               max_slice_nums=v["video_max_slice_nums"], downsample_mode=mode,
+                               use_image_id=v["video_use_image_id"])
+            expanded = prompt.expand(expanded, self.tokens.video, packed.replacements)
+            out.pixel_values_videos, out.target_sizes_videos = mx.array(packed.pixel_values), mx.array(packed.target_sizes)
+            out.frame_times = [[t for _, t in units] for units in videos]
+            video_tokens = packed.tokens
+        else:
+            prompt.expand(expanded, self.tokens.video, [])
+            video_tokens = []
+        ids = self.tokenizer.encode(expanded, add_special_tokens=False)
+        out.input_ids = mx.array([ids], dtype=mx.int32)
+        out.text = expanded
+        out.image_spans = _spans(ids, self.tokenizer.convert_tokens_to_ids(self.tokens.image), image_tokens)
+        out.video_spans = _spans(ids, self.tokenizer.convert_tokens_to_ids(self.tokens.video), video_tokens)
+        return out
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(list(ids))
+
+
+def _spans(ids, token_id: int, counts: List[int]) -> List[Tuple[int, int]]:
+    """Token ranges [first pad, last pad + 1) of each item, given each item's pad count."""
+    positions = np.flatnonzero(np.asarray(ids) == token_id)
+    spans, start = [], 0
+    for n in counts:
+        spans.append((int(positions[start]), int(positions[start + n - 1]) + 1))
+        start += n
+    return spans
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
