@@ -1,5 +1,9 @@
 """MiniCPM-V 4.6 on MLX: ``load``, ``generate``, ``stream_generate`` and the processor."""
 
-from .loading import load
+from . import blas
+
+blas.load()  # before anything imports mlx.core (see blas.py)
+
+from .loading import load  # noqa: E402
 
 __all__ = ["load"]

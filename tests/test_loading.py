@@ -1,0 +1,81 @@
+"""load(): strict, with errors that name the file and the problem."""
+
+import json
+import shutil
+
+import mlx.core as mx
+import pytest
+
+from mlx_minicpmv import load
+from mlx_minicpmv.loading import CheckpointError
+
+
+@pytest.fixture
+def broken(tiny, tmp_path):
+    """A fresh copy of the converted tiny model to damage."""
+    path = tmp_path / "model"
+    shutil.copytree(tiny.mlx_path, path)
+    return path
+
+
+def test_loads_converted_and_original_checkpoints(tiny):
+    for path in (tiny.mlx_path, tiny.hf_path):
+        model, processor = load(path)
+        assert model.config.image_token_id == tiny.hf.config.image_token_id
+        assert processor.eos_token_ids
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="no such directory"):
+        load(tmp_path / "nowhere")
+
+
+def test_missing_config(broken):
+    (broken / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="no config.json"):
+        load(broken)
+
+
+def test_other_model_type(broken):
+    config = json.loads((broken / "config.json").read_text())
+    config["model_type"] = "llava"
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="model_type 'llava'.*only 'minicpmv4_6'"):
+        load(broken)
+
+
+def test_truncated_weights(broken):
+    file = broken / "model.safetensors"
+    data = file.read_bytes()
+    file.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: cannot be read .*truncated or corrupt"):
+        load(broken)
+
+
+def test_missing_weight(broken):
+    weights = mx.load(str(broken / "model.safetensors"))
+    weights.pop("language_model.norm.weight")
+    mx.save_safetensors(str(broken / "model.safetensors"), weights)
+    with pytest.raises(CheckpointError, match=r"1 weights missing \(e\.g\. language_model\.norm\.weight\)"):
+        load(broken)
+
+
+def test_shape_mismatch_names_file_and_key(broken):
+    config = json.loads((broken / "config.json").read_text())
+    config["text_config"]["intermediate_size"] *= 2
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: .*mlp\.down_proj\.weight has shape"):
+        load(broken)
+
+
+def test_no_weight_files(broken):
+    (broken / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no \\*.safetensors weight files"):
+        load(broken)
+
+
+def test_unexpected_weights_from_another_model(broken):
+    extra = {"language_model.layers.99.mlp.gate_proj.weight": mx.zeros((2, 2))}
+    mx.save_safetensors(str(broken / "extra.safetensors"), extra)
+    with pytest.raises(CheckpointError, match="unexpected weights in extra.safetensors"):
+        load(broken)
