@@ -2,19 +2,29 @@
 
 The token loop is mlx-lm's ``generate_step`` (chunked prefill, ``mx.async_eval`` overlap,
 samplers and logits processors); this module adds what a vision-language chat needs around
-it: the processor, the vision splice before prefill, a prompt cache kept across turns, stop
-ids from ``generation_config.json``, cancellation between tokens and a context check.
+it: the processor, the vision splice before prefill, a prompt cache continued turn after
+turn, stop ids from ``generation_config.json``, cancellation between tokens, a context check.
+
+Run ``python -m mlx_minicpmv.generate --help`` for the command line.
 """
 
+import argparse
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, List, Optional
 
 import mlx.core as mx
-from mlx_lm.generate import generate_step
-from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+from . import blas
+
+blas.load()
+
+from mlx_lm.generate import generate_step  # noqa: E402
+from mlx_lm.sample_utils import make_logits_processors, make_sampler  # noqa: E402
 
 PREFILL_STEP = 512
+END_OF_TURN = "<|im_end|>"
 
 
 class ContextError(ValueError):
@@ -23,30 +33,45 @@ class ContextError(ValueError):
 
 @dataclass
 class GenerationResponse:
+    """One streamed step; ``finish_reason`` ("stop", "length", "cancelled") on the last one."""
+
     text: str
     token: int
+    logprobs: mx.array
     prompt_tokens: int
     prompt_tps: float
     generation_tokens: int
     generation_tps: float
     peak_memory: float
-    finish_reason: Optional[str] = None  # "stop", "length", "cancelled" on the last response
+    finish_reason: Optional[str] = None
 
 
 @dataclass
 class PromptCache:
-    """The model state after ``tokens``: reusable when the next prompt starts with them.
+    """The model state after a conversation's ``tokens``, continued turn after turn.
 
-    The DeltaNet recurrent state cannot be trimmed back, so a cache is only ever extended;
-    a prompt that diverges from ``tokens`` starts a fresh one.
+    Pass the same object to every ``stream_generate`` call of a conversation with only the new
+    messages (mlx-lm's convention): each turn then processes only its own tokens. The DeltaNet
+    recurrent state cannot be trimmed, so the cache always ends exactly after the last answer.
     """
 
     cache: list
     tokens: List[int] = field(default_factory=list)
+    images: int = 0
+    videos: int = 0
 
     @classmethod
     def new(cls, model) -> "PromptCache":
-        return cls(model.make_cache(), [])
+        return cls(model.make_cache())
+
+    def continuation(self, processor) -> dict:
+        """Processor options that render new messages as the continuation of this cache."""
+        if not self.tokens:
+            return {}
+        end = processor.tokenizer.convert_tokens_to_ids(END_OF_TURN)
+        # An answer cut short (length, Stop) has no end-of-turn token yet: close it first.
+        prefix = "\n" if self.tokens[-1] == end else END_OF_TURN + "\n"
+        return dict(prefix=prefix, first_image_id=self.images, first_video_id=self.videos)
 
 
 def sampling(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=1.0):
@@ -57,9 +82,10 @@ def sampling(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=
 
 
 def generation_defaults(processor) -> dict:
+    """Sampling defaults of the checkpoint's ``generation_config.json``."""
     g = processor.generation_config
     return dict(temperature=g.get("temperature", 0.7) if g.get("do_sample", True) else 0.0,
-                top_p=g.get("top_p", 1.0), top_k=g.get("top_k", 0),
+                top_p=g.get("top_p", 1.0), top_k=g.get("top_k", 0) or 0,
                 repetition_penalty=g.get("repetition_penalty", 1.0))
 
 
@@ -68,81 +94,69 @@ def stream_tokens(model, inputs, *, prompt_cache: Optional[PromptCache] = None, 
                   eos_token_ids=(), cancel: Optional[Callable[[], bool]] = None,
                   progress: Optional[Callable[[int, int], None]] = None,
                   prefill_step_size: int = PREFILL_STEP) -> Iterator[tuple]:
-    """The token loop on processed inputs: yields (token, n, prompt_tps, gen_tps, finish_reason).
-
-    Only the part of ``inputs.input_ids`` that ``prompt_cache`` has not seen is run; the cache
-    ends holding the prompt and every token yielded.
-    """
+    """Append ``inputs`` to ``prompt_cache`` and generate: yields (token, logprobs, n, prompt_tps,
+    generation_tps, finish_reason). After every yield the cache holds exactly what came before,
+    the prompt, and the tokens yielded (generate_step feeds a token to the model before it
+    yields it)."""
+    cache = prompt_cache if prompt_cache is not None else PromptCache.new(model)
     ids = inputs.input_ids.reshape(-1)
     n_ctx = model.config.text_config.max_position_embeddings
-    cache = prompt_cache or PromptCache.new(model)
-    ids_list = ids.tolist()
-    reuse = len(cache.tokens) if ids_list[: len(cache.tokens)] == cache.tokens and len(cache.tokens) < len(ids_list) else 0
-    if reuse == 0 and cache.tokens:
-        cache.cache, cache.tokens = model.make_cache(), []
-    total = len(ids_list) + max(max_tokens, 0)
-    if total > n_ctx:
+    if len(cache.tokens) + ids.size + max(max_tokens, 0) > n_ctx:
         raise ContextError(
-            f"the prompt has {len(ids_list)} tokens and {max_tokens} more were asked for, but the model's "
-            f"context is {n_ctx}; use fewer video frames or images, a shorter text, or fewer max tokens"
+            f"the conversation would need {len(cache.tokens) + ids.size} prompt tokens plus {max_tokens} for the "
+            f"answer, but the model's context is {n_ctx}; use fewer video frames or images, shorter text, "
+            "fewer max tokens, or start a new chat"
         )
     if seed is not None:
         mx.random.seed(seed)
     sampler, processors = sampling(temperature, top_p, top_k, min_p, repetition_penalty)
 
     tic = time.perf_counter()
-    new_ids = ids[reuse:]
-    if reuse and not has_vision_tokens(model, ids_list[reuse:]):
-        new_embeds = model.embed(new_ids[None])[0]  # a follow-up in text: nothing to encode
-    else:
-        new_embeds = model.embed(ids[None], **inputs.model_inputs())[0][reuse:]
-    mx.eval(new_embeds)
-    steps = generate_step(new_ids, model, max_tokens=max_tokens, sampler=sampler, logits_processors=processors,
-                          prompt_cache=cache.cache, prefill_step_size=prefill_step_size,
-                          prompt_progress_callback=(lambda a, b: progress(reuse + a, reuse + b)) if progress else None,
-                          input_embeddings=new_embeds)
-    # generate_step feeds each token to the model before yielding it, so after every yield the
-    # state holds exactly the prompt and the tokens yielded so far.
-    cache.tokens = list(ids_list)
+    embeds = model.embed(ids[None], **inputs.model_inputs())[0]
+    mx.eval(embeds)  # the vision tower runs once here, not once per prefill chunk
+    start = len(cache.tokens)
+    steps = generate_step(
+        ids, model, max_tokens=max_tokens, sampler=sampler, logits_processors=processors,
+        prompt_cache=cache.cache, prefill_step_size=prefill_step_size, input_embeddings=embeds,
+        prompt_progress_callback=(lambda a, b: progress(a, b)) if progress else None,
+    )
+    cache.tokens += ids.tolist()
+    cache.images += inputs.images
+    cache.videos += inputs.videos
     prompt_tps = gen_start = None
-    n = 0
-    finish = None
-    for n, (token, _) in enumerate(steps, start=1):
+    for n, (token, logprobs) in enumerate(steps, start=1):
         now = time.perf_counter()
         if prompt_tps is None:
-            prompt_tps = len(new_ids) / max(now - tic, 1e-9)
-            gen_start = now
+            prompt_tps, gen_start = ids.size / max(now - tic, 1e-9), now
         cache.tokens.append(token)
-        if token in eos_token_ids:
-            finish = "stop"
-        elif n >= max_tokens:
-            finish = "length"
-        elif cancel is not None and cancel():
-            finish = "cancelled"
-        yield token, n, prompt_tps, n / max(time.perf_counter() - gen_start, 1e-9), finish
+        finish = ("stop" if token in eos_token_ids else "length" if n >= max_tokens
+                  else "cancelled" if cancel is not None and cancel() else None)
+        yield token, logprobs, n, prompt_tps, n / max(time.perf_counter() - gen_start, 1e-9), finish
         if finish:
-            break
+            return
+    assert len(cache.tokens) > start
 
 
-def has_vision_tokens(model, ids: List[int]) -> bool:
-    return bool({model.config.image_token_id, model.config.video_token_id} & set(ids))
-
-
-def stream_generate(model, processor, messages, *, max_tokens: int = 256, prompt_cache: Optional[PromptCache] = None,
-                    cancel=None, progress=None, seed=None, **options) -> Iterator[GenerationResponse]:
+def stream_generate(model, processor, messages, *, max_tokens: int = 256,
+                    prompt_cache: Optional[PromptCache] = None, cancel=None, progress=None, seed=None,
+                    **options) -> Iterator[GenerationResponse]:
     """Process ``messages`` (transformers chat form) and stream the answer.
 
     ``options`` are sampling parameters (``temperature``, ``top_p``, ``top_k``, ``min_p``,
     ``repetition_penalty``; defaults from ``generation_config.json``) and processor options
     (``max_slice_nums``, ``downsample_mode``, ``max_num_frames``, ``enable_thinking``, ...).
+    With a ``prompt_cache`` that holds earlier turns, ``messages`` are only the new ones.
+    ``cancel()`` is checked between tokens; ``progress(done, total)`` reports the prefill.
     """
     sampling_keys = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
     params = {**generation_defaults(processor), **{k: options.pop(k) for k in sampling_keys if k in options}}
+    if prompt_cache is not None:
+        options.update(prompt_cache.continuation(processor))
     inputs = processor(messages, **options)
     detokenizer = processor.tokenizer.detokenizer
     detokenizer.reset()
     eos = set(processor.eos_token_ids)
-    for token, n, ptps, gtps, finish in stream_tokens(
+    for token, logprobs, n, ptps, gtps, finish in stream_tokens(
         model, inputs, prompt_cache=prompt_cache, max_tokens=max_tokens, seed=seed, eos_token_ids=eos,
         cancel=cancel, progress=progress, **params,
     ):
@@ -150,10 +164,86 @@ def stream_generate(model, processor, messages, *, max_tokens: int = 256, prompt
             detokenizer.add_token(token)
         if finish:
             detokenizer.finalize()
-        yield GenerationResponse(detokenizer.last_segment, token, inputs.num_tokens, ptps, n, gtps,
+        yield GenerationResponse(detokenizer.last_segment, token, logprobs, inputs.num_tokens, ptps, n, gtps,
                                  mx.get_peak_memory() / 1e9, finish)
 
 
 def generate(model, processor, messages, **kwargs) -> str:
     """The whole answer as one string (see ``stream_generate`` for the options)."""
     return "".join(r.text for r in stream_generate(model, processor, messages, **kwargs))
+
+
+# -- command line ------------------------------------------------------------------------------
+def user_message(prompt: str, images=(), videos=()) -> dict:
+    content = [{"type": "image", "image": i} for i in images] + [{"type": "video", "video": v} for v in videos]
+    return {"role": "user", "content": content + [{"type": "text", "text": prompt}]}
+
+
+def add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="A converted model directory or a Hugging Face repo id.")
+    parser.add_argument("--max-tokens", type=int, default=1024, help="Most tokens to generate.")
+    parser.add_argument("--temp", type=float, default=None, help="Sampling temperature (0: greedy; default: the model's).")
+    parser.add_argument("--top-p", type=float, default=None, help="Nucleus sampling threshold.")
+    parser.add_argument("--top-k", type=int, default=None, help="Sample from the k most likely tokens (0: off).")
+    parser.add_argument("--min-p", type=float, default=None, help="Minimum probability relative to the top token.")
+    parser.add_argument("--repetition-penalty", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=None, help="Random seed for sampling.")
+    parser.add_argument("--thinking", action="store_true", help="Let the model think before answering.")
+    parser.add_argument("--max-slice-nums", type=int, default=None, help="Most slices per image (default 9).")
+    parser.add_argument("--max-frames", type=int, default=128, help="Most video frames (1 per second up to this).")
+    parser.add_argument("--verbose", action="store_true", help="Show tracebacks on errors.")
+
+
+def options_from_args(args) -> dict:
+    names = dict(temp="temperature", top_p="top_p", top_k="top_k", min_p="min_p",
+                 repetition_penalty="repetition_penalty", max_slice_nums="max_slice_nums")
+    opts = {v: getattr(args, k) for k, v in names.items() if getattr(args, k) is not None}
+    return dict(opts, max_tokens=args.max_tokens, seed=args.seed, enable_thinking=args.thinking,
+                max_num_frames=args.max_frames)
+
+
+def report_errors(run: Callable[[], int], verbose: bool) -> int:
+    """Run a command-line body: expected failures become one line on stderr and exit code 1."""
+    from .loading import CheckpointError
+    from .processing.errors import MediaError
+
+    try:
+        return run()
+    except (CheckpointError, MediaError, ContextError, FileNotFoundError, ValueError, OSError, MemoryError) as e:
+        if verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Ask MiniCPM-V 4.6 about images and videos.")
+    add_sampling_args(parser)
+    parser.add_argument("--image", action="append", default=[], help="An image file (repeatable).")
+    parser.add_argument("--video", action="append", default=[], help="A video file (repeatable).")
+    parser.add_argument("--prompt", required=True, help="The question or instruction.")
+    args = parser.parse_args(argv)
+
+    def run() -> int:
+        from .loading import load
+
+        model, processor = load(args.model)
+        last = None
+        for last in stream_generate(model, processor, [user_message(args.prompt, args.image, args.video)],
+                                    **options_from_args(args)):
+            print(last.text, end="", flush=True)
+        print()
+        print("=" * 10, file=sys.stderr)
+        print(f"Prompt: {last.prompt_tokens} tokens, {last.prompt_tps:.1f} tokens-per-sec\n"
+              f"Generation: {last.generation_tokens} tokens, {last.generation_tps:.1f} tokens-per-sec\n"
+              f"Peak memory: {last.peak_memory:.2f} GB", file=sys.stderr)
+        return 0
+
+    return report_errors(run, args.verbose)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

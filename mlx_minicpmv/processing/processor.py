@@ -28,6 +28,8 @@ class ProcessorOutput:
     target_sizes_videos: Optional[mx.array] = None
     downsample_mode: str = "16x"
     text: str = ""
+    images: int = 0  # how many images and videos the messages held
+    videos: int = 0
     image_spans: List[Tuple[int, int]] = field(default_factory=list)
     video_spans: List[Tuple[int, int]] = field(default_factory=list)
     frame_times: List[List[float]] = field(default_factory=list)
@@ -98,12 +100,13 @@ class Processor:
         return sorted(self.tokenizer.eos_token_ids)
 
     # -- pieces -----------------------------------------------------------------------------
-    def pack(self, units_per_item, pad: str, *, max_slice_nums, downsample_mode, use_image_id) -> PackedVision:
+    def pack(self, units_per_item, pad: str, *, max_slice_nums, downsample_mode, use_image_id,
+             first_id: int = 0) -> PackedVision:
         """Slice every image of every item; one placeholder text per item (spec §8)."""
         c = self.image_config
         divisor = 4 if downsample_mode == "4x" else 16
         strips, sizes, replacements, tokens = [], [], [], []
-        for k, images in enumerate(units_per_item):
+        for k, images in enumerate(units_per_item, start=first_id):
             text = prompt.image_id(k, self.tokens) if use_image_id else ""
             count = 0
             for image in images:
@@ -121,20 +124,24 @@ class Processor:
         return PackedVision(np.concatenate(strips, axis=-1)[None], np.asarray(sizes, np.int32).reshape(-1, 2),
                             replacements, tokens)
 
-    def process_images(self, images, *, max_slice_nums=None, downsample_mode=None, use_image_id=None) -> PackedVision:
+    def process_images(self, images, *, max_slice_nums=None, downsample_mode=None, use_image_id=None,
+                       first_id: int = 0) -> PackedVision:
         c = self.image_config
         return self.pack(
             [[load_image(i)] for i in images], self.tokens.image,
             max_slice_nums=max_slice_nums or c["max_slice_nums"], downsample_mode=downsample_mode or c["downsample_mode"],
-            use_image_id=c["use_image_id"] if use_image_id is None else use_image_id)
+            use_image_id=c["use_image_id"] if use_image_id is None else use_image_id, first_id=first_id)
 
     # -- the call ---------------------------------------------------------------------------
     def __call__(self, messages, *, max_slice_nums=None, downsample_mode=None, use_image_id=None,
-                 enable_thinking=False, add_generation_prompt=True, tools=None, **video_options) -> ProcessorOutput:
+                 enable_thinking=False, add_generation_prompt=True, tools=None, prefix: str = "",
+                 first_image_id: int = 0, first_video_id: int = 0, **video_options) -> ProcessorOutput:
         """Chat messages in the transformers form -> ``ProcessorOutput``.
 
         Image options mirror the reference processor; video options are ``max_num_frames``,
         ``fps``, ``stack_frames``, ``video_max_slice_nums`` and ``video_use_image_id``.
+        ``prefix`` and the ``first_*_id``s continue an earlier conversation: the rendered
+        ``messages`` follow ``prefix`` and number their images after the earlier ones.
         """
         unknown = set(video_options) - set(VIDEO_DEFAULTS)
         if unknown:
@@ -145,7 +152,7 @@ class Processor:
         mode = downsample_mode or self.image_config["downsample_mode"]
         if mode not in ("16x", "4x"):
             raise ValueError(f"downsample_mode must be '16x' or '4x', got {mode!r}")
-        text = prompt.render(self.tokenizer, messages, enable_thinking, add_generation_prompt, tools)
+        text = prefix + prompt.render(self.tokenizer, messages, enable_thinking, add_generation_prompt, tools)
         items = media_items(messages)
         images = [load_image(src) for kind, src in items if kind == "image"]
         videos = [load_video_units(src, v["max_num_frames"], v["stack_frames"], v["fps"])
@@ -154,7 +161,7 @@ class Processor:
         expanded = text
         if images:
             packed = self.process_images(images, max_slice_nums=max_slice_nums, downsample_mode=mode,
-                                         use_image_id=use_image_id)
+                                         use_image_id=use_image_id, first_id=first_image_id)
             expanded = prompt.expand(expanded, self.tokens.image, packed.replacements)
             out.pixel_values, out.target_sizes = mx.array(packed.pixel_values), mx.array(packed.target_sizes)
             image_tokens = packed.tokens
@@ -164,7 +171,7 @@ class Processor:
         if videos:
             packed = self.pack([[u for u, _ in units] for units in videos], self.tokens.video,
                                max_slice_nums=v["video_max_slice_nums"], downsample_mode=mode,
-                               use_image_id=v["video_use_image_id"])
+                               use_image_id=v["video_use_image_id"], first_id=first_video_id)
             expanded = prompt.expand(expanded, self.tokens.video, packed.replacements)
             out.pixel_values_videos, out.target_sizes_videos = mx.array(packed.pixel_values), mx.array(packed.target_sizes)
             out.frame_times = [[t for _, t in units] for units in videos]
@@ -174,6 +181,7 @@ class Processor:
             video_tokens = []
         ids = self.tokenizer.encode(expanded, add_special_tokens=False)
         out.input_ids = mx.array([ids], dtype=mx.int32)
+        out.images, out.videos = len(images), len(videos)
         out.text = expanded
         out.image_spans = _spans(ids, self.tokenizer.convert_tokens_to_ids(self.tokens.image), image_tokens)
         out.video_spans = _spans(ids, self.tokenizer.convert_tokens_to_ids(self.tokens.video), video_tokens)
