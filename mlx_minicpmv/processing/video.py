@@ -39,10 +39,13 @@ class Frame:
 
 def _open(path):
     import av
+    import os
 
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise MediaError(f"{path}: the file is empty (0 bytes); was the copy or download interrupted?")
     try:
         container = av.open(str(path))
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):
         raise MediaError(f"{path}: no such file") from None
     except av.error.FFmpegError as e:
         raise MediaError(f"{path}: not a video FFmpeg can read ({e.strerror or e}); is the file complete?") from None

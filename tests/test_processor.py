@@ -1,0 +1,237 @@
+"""The processor against transformers' MiniCPMV4_6Processor / ImageProcessorPil / video sampling."""
+
+import copy
+import io
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from PIL import Image
+
+from mlx_minicpmv.processing.image import load_image, slice_image
+from mlx_minicpmv.processing.video import iter_frames, probe, sample_indices
+from tests.media import make_video, noise_image
+
+# (width, height): tiny, square, around the 448 threshold, slicing grids, panoramas, huge.
+SIZES = [
+    (1, 1), (2, 3), (14, 14), (64, 48), (200, 200), (380, 500), (447, 448), (448, 448), (449, 449),
+    (500, 380), (600, 1000), (640, 480), (700, 300), (896, 448), (1000, 600), (1024, 768), (1080, 1920),
+    (1280, 720), (1344, 1008), (1500, 1500), (1920, 1080), (2000, 50), (50, 2000), (2048, 1536),
+    (3000, 1000), (4000, 100), (100, 4000), (3, 5000), (5000, 3), (4032, 3024), (8000, 6000),
+]
+
+
+@pytest.fixture(scope="module")
+def reference_image_processor():
+    from transformers.models.minicpmv4_6.image_processing_pil_minicpmv4_6 import MiniCPMV4_6ImageProcessorPil
+
+    return MiniCPMV4_6ImageProcessorPil()
+
+
+@pytest.mark.parametrize("mode", ["16x", "4x"])
+@pytest.mark.parametrize("size", SIZES, ids=[f"{w}x{h}" for w, h in SIZES])
+def test_image_slicing_equals_reference(reference_image_processor, size, mode):
+    image = noise_image(*size, seed=size[0] * 7 + size[1])
+    ref = reference_image_processor(image, downsample_mode=mode, return_tensors="np")
+    strips, sizes, grid = slice_image(image, downsample_mode=mode)
+    np.testing.assert_array_equal(np.asarray(sizes, np.int32), ref["target_sizes"])
+    assert list(grid or (0, 0)) == list(ref["grids"][0])
+    np.testing.assert_array_equal(np.concatenate(strips, -1)[None], ref["pixel_values"])
+
+
+def test_beyond_exact_pixel_budget_is_reduced_first(reference_image_processor):
+    """Past 64 MP the image is box-reduced first: same grid and token counts, pixels close."""
+    image = noise_image(10000, 7000, seed=3).resize((10000, 7000), Image.BILINEAR)  # smooth, like a photo
+    image = image.filter(__import__("PIL.ImageFilter", fromlist=["x"]).GaussianBlur(8))
+    ref = reference_image_processor(image, return_tensors="np")
+    strips, sizes, grid = slice_image(image)
+    np.testing.assert_array_equal(np.asarray(sizes, np.int32), ref["target_sizes"])
+    assert np.abs(np.concatenate(strips, -1)[None] - ref["pixel_values"]).mean() < 0.02
+
+
+def encode(image: Image.Image, fmt: str, **kw) -> io.BytesIO:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kw)
+    buf.seek(0)
+    return buf
+
+
+def exif_rotated() -> io.BytesIO:
+    image = noise_image(60, 30)
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    return encode(image, "JPEG", exif=exif)
+
+
+def animated_gif() -> io.BytesIO:
+    frames = [noise_image(40, 30, seed=i).convert("P") for i in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100)
+    buf.seek(0)
+    return buf
+
+
+FORMATS = {
+    "grayscale": lambda: encode(noise_image(300, 200).convert("L"), "PNG"),
+    "rgba": lambda: encode(noise_image(300, 200).convert("RGBA"), "PNG"),
+    "palette-transparent": lambda: encode(noise_image(300, 200).convert("P"), "PNG", transparency=0),
+    "cmyk-jpeg": lambda: encode(noise_image(300, 200).convert("CMYK"), "JPEG"),
+    "webp": lambda: encode(noise_image(300, 200), "WEBP", lossless=True),
+    "animated-gif": animated_gif,
+    "exif-rotated": exif_rotated,
+}
+
+
+@pytest.mark.parametrize("kind", list(FORMATS))
+def test_image_formats_match_reference(reference_image_processor, kind):
+    from transformers.image_utils import load_image as reference_load
+
+    ours = load_image(FORMATS[kind]())
+    theirs = reference_load(Image.open(FORMATS[kind]()))  # transformers applies EXIF the same way
+    ref = reference_image_processor(theirs, return_tensors="np")
+    strips, sizes, _ = slice_image(ours)
+    np.testing.assert_array_equal(np.asarray(sizes, np.int32), ref["target_sizes"])
+    np.testing.assert_array_equal(np.concatenate(strips, -1)[None], ref["pixel_values"])
+    if kind == "exif-rotated":
+        assert ours.size == (30, 60)
+
+
+def test_16_bit_png_is_scaled_not_clipped():
+    ramp = (np.linspace(0, 65535, 64 * 32).reshape(32, 64)).astype(np.uint16)
+    image = load_image(encode(Image.fromarray(ramp), "PNG"))
+    values = np.asarray(image)[..., 0]
+    assert image.mode == "RGB" and values.min() == 0 and values.max() == 255
+    assert 100 < values.mean() < 155, "a ramp stays a ramp (clipping would make it almost all white)"
+
+
+# -- the whole processor ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def reference_processor(tiny):
+    from transformers import AutoTokenizer, MiniCPMV4_6Processor
+    from transformers.models.minicpmv4_6.image_processing_pil_minicpmv4_6 import MiniCPMV4_6ImageProcessorPil
+    from transformers.models.minicpmv4_6.video_processing_minicpmv4_6 import MiniCPMV4_6VideoProcessor
+
+    class ReferenceProcessor(MiniCPMV4_6Processor):
+        # Without torchvision transformers' auto-mapping of video processors is a stub, and the
+        # class check at __init__ fails on it; the video processor is never run here (the
+        # PIL image processor is, and video sampling is compared on its own below).
+        def check_argument_for_proper_class(self, argument_name, argument):
+            return None
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny.hf_path)
+    return ReferenceProcessor(MiniCPMV4_6ImageProcessorPil(), MiniCPMV4_6VideoProcessor(), tokenizer,
+                              chat_template=tokenizer.chat_template)
+
+
+CONVERSATIONS = {
+    "one image": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this image."}]}],
+    "system, two images, multi-turn": [
+        {"role": "system", "content": "You are a careful assistant."},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]},
+        {"role": "assistant", "content": "A cat on a sofa."},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Compare the two."}]},
+    ],
+    "text only": [{"role": "user", "content": "The quick brown fox?"}],
+}
+
+
+@pytest.mark.parametrize("thinking", [False, True])
+@pytest.mark.parametrize("name", list(CONVERSATIONS))
+@pytest.mark.parametrize("mode", ["16x", "4x"])
+def test_processor_equals_reference(tiny, reference_processor, name, thinking, mode):
+    _, processor = tiny.load()
+    conversation = CONVERSATIONS[name]
+    n_images = sum(isinstance(m["content"], list) and any(i["type"] == "image" for i in m["content"])
+                   for m in conversation)
+    images = [noise_image(700, 300, seed=1), noise_image(200, 200, seed=2)][:n_images]
+    ours_msgs, remaining = copy.deepcopy(conversation), iter(images)
+    for message in ours_msgs:  # the reference takes images beside the text, ours inside the messages
+        for item in message["content"] if isinstance(message["content"], list) else []:
+            if item["type"] == "image":
+                item["image"] = next(remaining)
+    text = reference_processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True,
+                                                   enable_thinking=thinking)
+    ref = reference_processor(text=text, images=images or None, downsample_mode=mode, return_tensors="np")
+    ours = processor(ours_msgs, enable_thinking=thinking, downsample_mode=mode)
+    assert np.array(ours.input_ids).tolist() == ref["input_ids"].tolist()
+    if images:
+        np.testing.assert_array_equal(np.array(ours.pixel_values), ref["pixel_values"])
+        np.testing.assert_array_equal(np.array(ours.target_sizes), ref["target_sizes"])
+        assert len(ours.image_spans) == len(images)
+
+
+@pytest.mark.parametrize("codec,seconds,fps,vfr", [
+    ("libx264", 3.3, 10, False), ("mpeg4", 5.0, 25, False), ("libx264", 4.0, 12, True),
+    ("mpeg4", 2.5, 7, True), ("mpeg4", 12.0, 30, False),
+])
+@pytest.mark.parametrize("stack", [1, 3])
+def test_video_sampling_equals_reference(tmp_path, codec, seconds, fps, vfr, stack):
+    from transformers.models.minicpmv4_6.video_processing_minicpmv4_6 import MiniCPMV4_6VideoProcessor
+    from transformers.video_utils import read_video_pyav
+
+    path = make_video(tmp_path / f"v.mp4", seconds, fps, codec=codec, vfr=vfr)
+    reference = MiniCPMV4_6VideoProcessor()
+    info = probe(path)
+    for max_frames in (128, 4):  # 4: the long-video path (uniform frames over 0.1 s steps)
+        main, sub, _ = sample_indices(info, max_num_frames=max_frames, stack_frames=stack)
+        ref_frames, meta = read_video_pyav(
+            str(path), lambda metadata, **kw: sorted(reference.sample_frames(metadata, max_frames, stack)))
+        assert (info.total_num_frames, info.fps) == (meta.total_num_frames, meta.fps)
+        assert main + sub == reference.sample_frames(meta, max_frames, stack)
+    # The decoded frames are the reference decoder's, pixel for pixel.
+    wanted = sorted(set(main + sub))
+    ours = [np.asarray(f.image) for f in iter_frames(path, wanted)]
+    ref = read_video_pyav(str(path), lambda metadata, **kw: wanted)[0]
+    assert len(ours) == len(wanted) == len(ref)
+    for a, b in zip(ours, ref):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_frame_times_and_placeholders(tiny, tmp_path):
+    _, processor = tiny.load()
+    path = make_video(tmp_path / "v.mp4", 4.0, 10)
+    out = processor([{"role": "user", "content": [{"type": "video", "video": str(path)},
+                                                  {"type": "text", "text": "What happens?"}]}])
+    assert out.frame_times == [[0.0, 1.0, 2.0, 3.0]]
+    assert out.target_sizes_videos.shape[0] == 4  # one slice per frame (model card's video setting)
+    assert "<image_id>" not in out.text and out.text.count("<image>") == 4
+    assert len(out.video_spans) == 1
+
+
+def test_end_to_end_image_question_equals_reference_generate(tiny, reference_processor):
+    import torch
+
+    from mlx_minicpmv.generate import stream_tokens
+
+    model, processor = tiny.load()
+    image = noise_image(700, 300, seed=81)
+    conversation = CONVERSATIONS["one image"]
+    text = reference_processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    ref_inputs = reference_processor(text=text, images=[image], return_tensors="pt")
+    with torch.no_grad():
+        out = tiny.hf.generate(**ref_inputs, max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0)
+    ref = out[0, ref_inputs["input_ids"].shape[1]:].tolist()
+    inputs = processor([{"role": "user", "content": [{"type": "image", "image": image},
+                                                     {"type": "text", "text": "Describe this image."}]}])
+    ours = [t for t, *_ in stream_tokens(model, inputs, max_tokens=24, temperature=0.0)]
+    assert ours == ref
+
+
+def test_end_to_end_video_question_equals_reference_generate(tiny, tmp_path):
+    """transformers' own video processor needs torchvision; the reference gets our pixels."""
+    import torch
+
+    from mlx_minicpmv.generate import stream_tokens
+
+    model, processor = tiny.load()
+    path = make_video(tmp_path / "v.mp4", 3.0, 8, width=128, height=96)
+    inputs = processor([{"role": "user", "content": [{"type": "video", "video": str(path)},
+                                                     {"type": "text", "text": "Summarise the video."}]}])
+    with torch.no_grad():
+        out = tiny.hf.generate(
+            input_ids=torch.tensor(np.array(inputs.input_ids)).long(),
+            pixel_values_videos=torch.tensor(np.array(inputs.pixel_values_videos)),
+            target_sizes_videos=torch.tensor(np.array(inputs.target_sizes_videos)),
+            max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0)
+    ref = out[0, inputs.num_tokens:].tolist()
+    assert [t for t, *_ in stream_tokens(model, inputs, max_tokens=24, temperature=0.0)] == ref
