@@ -163,6 +163,7 @@ def test_processor_equals_reference(tiny, reference_processor, name, thinking, m
 @pytest.mark.parametrize("codec,seconds,fps,vfr", [
     ("libx264", 3.3, 10, False), ("mpeg4", 5.0, 25, False), ("libx264", 4.0, 12, True),
     ("mpeg4", 2.5, 7, True), ("mpeg4", 12.0, 30, False),
+    ("mpeg4", 24.0, 10, False),  # with max 4 frames the gaps are long enough that the decoder seeks
 ])
 @pytest.mark.parametrize("stack", [1, 3])
 def test_video_sampling_equals_reference(tmp_path, codec, seconds, fps, vfr, stack):
@@ -235,3 +236,23 @@ def test_end_to_end_video_question_equals_reference_generate(tiny, tmp_path):
             max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0)
     ref = out[0, inputs.num_tokens:].tolist()
     assert [t for t, *_ in stream_tokens(model, inputs, max_tokens=24, temperature=0.0)] == ref
+
+
+def test_template_renders_videos_like_reference(tiny, reference_processor):
+    _, processor = tiny.load()
+    conversation = [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": [{"type": "video", "video": "a.mp4"}, {"type": "text", "text": "What happens?"}]},
+        {"role": "assistant", "content": "A car drives by."},
+        {"role": "user", "content": [{"type": "image", "image": "b.png"}, {"type": "video", "video": "c.mp4"},
+                                     {"type": "text", "text": "And here?"}]},
+    ]
+    from mlx_minicpmv.processing import prompt
+
+    for thinking in (False, True):
+        ours = prompt.render(processor.tokenizer, conversation, enable_thinking=thinking)
+        ref = reference_processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True,
+                                                      enable_thinking=thinking)
+        assert ours == ref
+        assert ours.count("<|video_pad|>") == 2 and ours.count("<|image_pad|>") == 1
+        assert ours.endswith("<think>\n" if thinking else "<think>\n\n</think>\n\n")
