@@ -40,11 +40,23 @@ def build(out: Path) -> Path:
     return hf
 
 
-CONVERT = """
-import sys, resource
+# Peak RSS of the process itself: VmHWM on Linux (ru_maxrss there keeps the parent's peak
+# across fork+exec), ru_maxrss (bytes) on macOS.
+PEAK = """
+def peak_rss_gb():
+    import resource, sys
+    if sys.platform == "linux":
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1e6
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e9
+"""
+
+CONVERT = PEAK + """
+import sys
 from mlx_minicpmv.convert import main
 code = main(sys.argv[1:])
-print(f"peak-rss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f}")
+print(f"peak-rss {peak_rss_gb():.2f}")
 sys.exit(code)
 """
 
@@ -60,13 +72,13 @@ def measure_convert(args) -> dict:
     return dict(seconds=wall, peak_rss_gb=peak)
 
 
-LOAD = """
-import sys, time, resource
+LOAD = PEAK + """
+import sys, time
 t = time.perf_counter()
 from mlx_minicpmv import load
 model, processor = load(sys.argv[1])
 import mlx.core as mx
-print(f"{time.perf_counter() - t:.2f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} {mx.get_peak_memory() / 1e9:.2f}")
+print(f"{time.perf_counter() - t:.2f} {peak_rss_gb():.2f} {mx.get_peak_memory() / 1e9:.2f}")
 """
 
 

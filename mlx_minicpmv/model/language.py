@@ -13,9 +13,12 @@ import mlx.nn as nn
 import numpy as np
 from mlx_lm.models.base import create_attention_mask, create_ssm_mask
 from mlx_lm.models.cache import ArraysCache, KVCache
-from mlx_lm.models.qwen3_5 import MLP, Attention, GatedDeltaNet
+from mlx_lm.models.gated_delta import normalize_qk
+from mlx_lm.models.qwen3_5 import MLP, Attention
+from mlx_lm.models.qwen3_5 import GatedDeltaNet as MlxLmGatedDeltaNet
 
 from ..config import TextConfig
+from .gated_delta import gated_delta
 
 
 class RoPE(nn.Module):
@@ -45,6 +48,40 @@ class GatedAttention(Attention):
         if rope_type != "default":
             raise ValueError(f"rope type {rope_type!r} is not used by MiniCPM-V 4.6 and not supported")
         self.rope = RoPE(int(config.head_dim * config.partial_rotary_factor), config.rope_theta)
+
+
+class GatedDeltaNet(MlxLmGatedDeltaNet):
+    """mlx-lm's Qwen3.5 gated DeltaNet (same parameters, same cache layout), with the delta
+    rule dispatched by ``gated_delta``: mlx-lm's own ``__call__`` hard-wires its per-token loop
+    on the CPU, so this forward repeats its few lines of projections and conv around the call."""
+
+    def __call__(self, inputs: mx.array, mask=None, cache=None) -> mx.array:
+        B, S, _ = inputs.shape
+        qkv = self.in_proj_qkv(inputs)
+        z = self.in_proj_z(inputs).reshape(B, S, self.num_v_heads, self.head_v_dim)
+        b, a = self.in_proj_b(inputs), self.in_proj_a(inputs)
+        conv_state = cache[0] if cache is not None and cache[0] is not None else mx.zeros(
+            (B, self.conv_kernel_size - 1, self.conv_dim), dtype=inputs.dtype)
+        if mask is not None:
+            qkv = mx.where(mask[..., None], qkv, 0)
+        conv_input = mx.concatenate([conv_state, qkv], axis=1)
+        if cache is not None:
+            cache[0] = mx.contiguous(conv_input[:, -(self.conv_kernel_size - 1):, :])
+        conv_out = nn.silu(self.conv1d(conv_input))
+        q, k, v = (
+            t.reshape(B, S, h, d)
+            for t, h, d in zip(
+                mx.split(conv_out, [self.key_dim, 2 * self.key_dim], -1),
+                [self.num_k_heads, self.num_k_heads, self.num_v_heads],
+                [self.head_k_dim, self.head_k_dim, self.head_v_dim],
+            )
+        )
+        q, k = normalize_qk(q, k, inv_scale=self.head_k_dim**-0.5, eps=1e-6)
+        out, state = gated_delta(q, k, v, a, b, self.A_log, self.dt_bias, cache[1] if cache else None, mask)
+        if cache is not None:
+            cache[1] = state
+            cache.advance(S)
+        return self.out_proj(self.norm(out, z).reshape(B, S, -1))
 
 
 class DecoderLayer(nn.Module):
