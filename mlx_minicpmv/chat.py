@@ -9,7 +9,8 @@ import argparse
 import shlex
 import sys
 
-from .generate import PromptCache, add_sampling_args, options_from_args, report_errors, stream_generate, user_message
+from .cli import add_sampling_args, options_from_args, report_errors, user_message
+from .generate import PromptCache, stream_generate
 from .processing.errors import MediaError
 
 HELP = "Type a question. /image FILE, /video FILE attach media; /reset starts over; /quit leaves."

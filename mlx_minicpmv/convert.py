@@ -17,7 +17,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from .loading import CheckpointError, build_model, check_weights, load_config, read_weights, resolve
+from .loading import build_model, check_weights, load_config, read_weights, resolve
 from .model import Model
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
@@ -99,23 +99,20 @@ def configure_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .cli import report_errors
+
     args = configure_parser().parse_args(argv)
-    start = time.perf_counter()
-    try:
+
+    def run() -> int:
+        start = time.perf_counter()
         out = convert(args.hf_path, args.mlx_path, args.dtype, args.quantize, args.q_bits,
                       args.q_group_size, args.force)
-    except (CheckpointError, FileExistsError, OSError, ValueError) as e:
-        if args.verbose:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr)
-        return 130
-    size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
-    print(f"Wrote {out} ({size / 1e9:.2f} GB) in {time.perf_counter() - start:.1f} s; "
-          f"peak memory {mx.get_peak_memory() / 1e9:.2f} GB")
-    return 0
+        size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+        print(f"Wrote {out} ({size / 1e9:.2f} GB) in {time.perf_counter() - start:.1f} s; "
+              f"peak memory {mx.get_peak_memory() / 1e9:.2f} GB")
+        return 0
+
+    return report_errors(run, args.verbose, interrupted="interrupted; nothing was written")
 
 
 if __name__ == "__main__":

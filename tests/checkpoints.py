@@ -160,6 +160,9 @@ def build_checkpoint(path, seed: int = 0, dtype=None, real: bool = False, **over
     tokenizer = build_tokenizer()
     if real:
         config = MiniCPMV4_6Config.from_pretrained(reference_dir())
+        # The stand-in tokenizer numbers its added tokens after its small base vocabulary.
+        config.image_token_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+        config.video_token_id = tokenizer.convert_tokens_to_ids("<|video_pad|>")
     else:
         config = tiny_config(len(tokenizer), tokenizer, **overrides)
     torch.manual_seed(seed)

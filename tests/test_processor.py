@@ -256,3 +256,21 @@ def test_template_renders_videos_like_reference(tiny, reference_processor):
         assert ours == ref
         assert ours.count("<|video_pad|>") == 2 and ours.count("<|image_pad|>") == 1
         assert ours.endswith("<think>\n" if thinking else "<think>\n\n</think>\n\n")
+
+
+def test_huge_jpeg_is_decoded_reduced_with_the_reference_plan(reference_image_processor, tmp_path):
+    """A 12000x9000 JPEG (108 MP) decodes at reduced scale; grid and token counts stay the
+    reference's (planned on the full size) and the pixels stay close."""
+    from PIL import ImageFilter
+
+    path = tmp_path / "huge.jpg"
+    big = noise_image(1200, 900, seed=5).resize((12000, 9000), Image.BILINEAR).filter(ImageFilter.GaussianBlur(4))
+    big.save(path, quality=90)
+    ref = reference_image_processor(Image.open(path).convert("RGB"), return_tensors="np")
+    del big
+    image = load_image(path)
+    # decoded by libjpeg at a reduced scale: the 324 MB full-size bitmap never exists
+    assert image.size == (12000 // 4, 9000 // 4) and image.info["original_size"] == (12000, 9000)
+    strips, sizes, _ = slice_image(image)
+    np.testing.assert_array_equal(np.asarray(sizes, np.int32), ref["target_sizes"])
+    assert np.abs(np.concatenate(strips, -1)[None] - ref["pixel_values"]).mean() < 0.02

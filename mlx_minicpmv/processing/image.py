@@ -17,6 +17,12 @@ from PIL import Image
 # whatever is dropped on the window. Below it the pixels equal the reference's exactly.
 MAX_EXACT_PIXELS = 64_000_000
 REDUCE_MARGIN = 3
+# Files up to this many pixels are opened (Pillow's own bomb check stops at 179 MP); larger
+# JPEGs are decoded at a reduced scale straight away, so they never exist at full size.
+MAX_PIXELS = 1_000_000_000
+# The slicer never asks for more than about 9 slices of 448² (and a source of 448²); a reduced
+# image keeps REDUCE_MARGIN times that on each side.
+NEED_SIDE = 448 * 3
 
 
 def ensure_divide(length: float, divisor: int) -> int:
@@ -122,9 +128,11 @@ def slice_image(image: Image.Image, *, max_slice_nums=9, scale_resolution=448, p
     """One RGB image -> (strips [source, tile_0, ...], target sizes, grid or None).
 
     The source is resized from the original image and the tiles are cut from one resize of the
-    original to the refine size, both bicubic (PIL), exactly as the reference.
+    original to the refine size, both bicubic (PIL), exactly as the reference. The plan uses the
+    size of the file as it was (``info["original_size"]``) when it was decoded reduced.
     """
-    size = (image.height, image.width)
+    width, height = image.info.get("original_size", image.size)
+    size = (height, width)
     plan = plan_slices(size, max_slice_nums=max_slice_nums, scale_resolution=scale_resolution,
                        patch_size=patch_size, downsample_mode=downsample_mode, slice_mode=slice_mode)
     image = bound_pixels(image, plan)
@@ -140,6 +148,25 @@ def slice_image(image: Image.Image, *, max_slice_nums=9, scale_resolution=448, p
                 strips.append(patchify(refine[:, r * th : (r + 1) * th, c * tw : (c + 1) * tw], p))
                 sizes.append((th // p, tw // p))
     return strips, sizes, plan.grid
+
+
+def open_bounded(source) -> Image.Image:
+    """Open and decode an image file; a huge JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's
+    own cheap reduction) when that still leaves plenty for the slicer."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    try:
+        image = Image.open(source)
+        width, height = image.size
+        if image.format == "JPEG" and width * height > MAX_EXACT_PIXELS:
+            scale = min(8, width // NEED_SIDE, height // NEED_SIDE) if min(width, height) >= 2 * NEED_SIDE else 1
+            if scale >= 2:
+                image.draft("RGB", (width // scale, height // scale))
+                image.info["original_size"] = (width, height)
+        image.load()
+        return image
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
 
 
 def load_image(source) -> Image.Image:
@@ -158,8 +185,7 @@ def load_image(source) -> Image.Image:
     else:
         name = str(source)
         try:
-            image = Image.open(source)
-            image.load()
+            image = open_bounded(source)
         except FileNotFoundError:
             raise MediaError(f"{name}: no such file") from None
         except UnidentifiedImageError:
@@ -170,11 +196,18 @@ def load_image(source) -> Image.Image:
             raise MediaError(f"{name}: the image is truncated or corrupt ({e}); re-export or re-download it") from None
     if image.width < 1 or image.height < 1:
         raise MediaError(f"{name}: the image is empty ({image.width}x{image.height})")
+    original = image.size
     try:
         image = ImageOps.exif_transpose(image)
     except Exception:  # a broken EXIF block must not lose the picture
         pass
+    if image.size != original:  # rotated by EXIF: the remembered full size turns too
+        image.info["original_size"] = image.info.get("original_size", original)[::-1]
+    full_size = image.info.get("original_size")
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(image, dtype=np.uint32)
         image = Image.fromarray((arr >> 8 if arr.max() > 255 else arr).astype(np.uint8))
-    return to_rgb(image)
+    image = to_rgb(image)
+    if full_size and full_size != image.size:
+        image.info["original_size"] = full_size
+    return image
