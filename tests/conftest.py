@@ -8,6 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mlx_minicpmv  # noqa: E402,F401  (first: it picks the BLAS before mlx.core loads)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach the Hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # the app's tests run without a screen
 
 from tests.checkpoints import build_checkpoint  # noqa: E402
 

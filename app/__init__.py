@@ -1,0 +1,1 @@
+"""The desktop app: ``python -m app`` (or ``minicpmv-app``)."""

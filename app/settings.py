@@ -1,0 +1,43 @@
+"""Persisted settings: a dataclass read from and written to ``QSettings``."""
+
+from dataclasses import asdict, dataclass, fields
+
+from PySide6.QtCore import QSettings
+
+
+@dataclass
+class Settings:
+    model_path: str = ""
+    max_tokens: int = 1024
+    temperature: float = 0.7
+    top_p: float = 1.0
+    thinking: bool = False
+    downsample_mode: str = "16x"  # image detail: "16x" (default) or "4x" (more tokens per image)
+    max_slice_nums: int = 9
+    max_frames: int = 64
+    fps: float = 1.0
+    system_prompt: str = ""
+
+    def generation_options(self) -> dict:
+        return dict(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
+                    enable_thinking=self.thinking, downsample_mode=self.downsample_mode,
+                    max_slice_nums=self.max_slice_nums, max_num_frames=self.max_frames, fps=self.fps)
+
+
+def load_settings(store: QSettings) -> Settings:
+    values = {}
+    for f in fields(Settings):
+        raw = store.value(f.name)
+        if raw is None:
+            continue
+        try:
+            values[f.name] = (raw in (True, "true", "1", 1)) if f.type in (bool, "bool") else type(f.default)(raw)
+        except (TypeError, ValueError):
+            pass  # a damaged value falls back to its default
+    return Settings(**values)
+
+
+def save_settings(store: QSettings, settings: Settings) -> None:
+    for name, value in asdict(settings).items():
+        store.setValue(name, value)
+    store.sync()

@@ -1,0 +1,48 @@
+"""The settings form."""
+
+from dataclasses import replace
+
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout,
+                               QPlainTextEdit, QSpinBox)
+
+from .settings import Settings
+
+
+class SettingsDialog(QDialog):
+    def __init__(self, settings: Settings, parent=None):
+        super().__init__(parent)
+        self.setWindowTitle("Settings")
+        self.settings = settings
+        self.max_tokens = QSpinBox(minimum=16, maximum=32768, value=settings.max_tokens)
+        self.temperature = QDoubleSpinBox(minimum=0.0, maximum=2.0, singleStep=0.1, value=settings.temperature)
+        self.top_p = QDoubleSpinBox(minimum=0.05, maximum=1.0, singleStep=0.05, value=settings.top_p)
+        self.thinking = QCheckBox("Let the model think before answering")
+        self.thinking.setChecked(settings.thinking)
+        self.detail = QComboBox()
+        self.detail.addItems(["Standard (16x)", "High (4x)"])
+        self.detail.setCurrentIndex(1 if settings.downsample_mode == "4x" else 0)
+        self.slices = QSpinBox(minimum=1, maximum=36, value=settings.max_slice_nums)
+        self.frames = QSpinBox(minimum=1, maximum=512, value=settings.max_frames)
+        self.fps = QDoubleSpinBox(minimum=0.1, maximum=10.0, singleStep=0.5, value=settings.fps)
+        self.system = QPlainTextEdit(settings.system_prompt)
+        form = QFormLayout(self)
+        form.addRow("Max tokens", self.max_tokens)
+        form.addRow("Temperature", self.temperature)
+        form.addRow("Top-p", self.top_p)
+        form.addRow("", self.thinking)
+        form.addRow("Image detail", self.detail)
+        form.addRow("Max slices per image", self.slices)
+        form.addRow("Video frames (at most)", self.frames)
+        form.addRow("Video frames per second", self.fps)
+        form.addRow("System prompt", self.system)
+        buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)
+
+    def result_settings(self) -> Settings:
+        return replace(self.settings, max_tokens=self.max_tokens.value(), temperature=self.temperature.value(),
+                       top_p=self.top_p.value(), thinking=self.thinking.isChecked(),
+                       downsample_mode="4x" if self.detail.currentIndex() == 1 else "16x",
+                       max_slice_nums=self.slices.value(), max_frames=self.frames.value(), fps=self.fps.value(),
+                       system_prompt=self.system.toPlainText().strip())
