@@ -1,6 +1,10 @@
 import sys
+from pathlib import Path
 
+from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
+
+ICON = Path(__file__).resolve().parents[1] / "assets" / "icon-256.png"
 
 
 def main() -> int:
@@ -11,6 +15,8 @@ def main() -> int:
     app = QApplication(sys.argv)
     app.setApplicationName("MiniCPM-V")
     app.setOrganizationName("mlx-minicpmv")
+    if ICON.exists():
+        app.setWindowIcon(QIcon(str(ICON)))
     window = MainWindow()
     window.show()
     return app.exec()

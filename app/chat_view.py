@@ -1,9 +1,13 @@
 """The conversation, rendered as Markdown, with the answer streaming into its last bubble."""
 
 import html
+from pathlib import Path
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, QUrl, Signal
+from PySide6.QtGui import QImage, QTextDocument
 from PySide6.QtWidgets import QTextBrowser
+
+THUMB_HEIGHT = 120
 
 from .history import Conversation, Message
 
@@ -12,8 +16,12 @@ def render_message(message: Message) -> str:
     who = "You" if message.role == "user" else "MiniCPM-V"
     parts = [f"**{who}**\n"]
     for a in message.attachments:
-        mark = " — *missing: the file was moved or deleted*" if a.missing else ""
-        parts.append(f"📎 `{a.path}` ({a.kind}){mark}\n")
+        if a.missing:
+            parts.append(f"*{a.kind}* `{a.path}` — *missing: the file was moved or deleted*\n")
+        elif a.kind == "image":
+            parts.append(f"![{Path(a.path).name}]({QUrl.fromLocalFile(a.path).toString().replace('file:', 'thumb:', 1)})\n")
+        else:
+            parts.append(f"*video* `{Path(a.path).name}`\n")
     text = message.text if message.role == "assistant" else html.escape(message.text)
     parts.append(text or "…")
     if message.stats:
@@ -32,6 +40,7 @@ class ChatView(QTextBrowser):
         self.anchorClicked.connect(lambda url: self.linkActivated.emit(url.toString()))
         self._conversation = None
         self._error = ""
+        self._thumbs = {}
 
     def show_conversation(self, conversation: Conversation, streaming: str = None, error: str = "") -> None:
         self._conversation, self._error = conversation, error
@@ -42,6 +51,16 @@ class ChatView(QTextBrowser):
             blocks.append(f"> ⚠️ {error}")
         self.setMarkdown("\n\n---\n\n".join(blocks))
         self.verticalScrollBar().setValue(self.verticalScrollBar().maximum())
+
+    def loadResource(self, kind, url):
+        """Attached images show as thumbnails (``thumb:`` URLs), scaled once and kept."""
+        if kind == QTextDocument.ImageResource and url.scheme() == "thumb":
+            path = QUrl(url.toString().replace("thumb:", "file:", 1)).toLocalFile()
+            if path not in self._thumbs:
+                image = QImage(path)
+                self._thumbs[path] = image.scaledToHeight(THUMB_HEIGHT, Qt.SmoothTransformation) if not image.isNull() else image
+            return self._thumbs[path]
+        return super().loadResource(kind, url)
 
     def plain_text(self) -> str:
         return self.toPlainText()

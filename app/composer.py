@@ -49,11 +49,14 @@ class Composer(DropArea):
         self.edit.setFixedHeight(80)
         self.strip = QListWidget()
         self.strip.setFlow(QListWidget.LeftToRight)
+        self.strip.setViewMode(QListWidget.IconMode)
         self.strip.setFixedHeight(96)
         self.strip.setIconSize(QPixmap(64, 64).size())
         self.strip.hide()
         self.frames = QListWidget()  # what the model will see of a video, with times
         self.frames.setFlow(QListWidget.LeftToRight)
+        self.frames.setViewMode(QListWidget.IconMode)
+        self.frames.setIconSize(QPixmap(96, 64).size())
         self.frames.setFixedHeight(110)
         self.frames.hide()
         self.attach_button = QPushButton("Attach…")
@@ -106,6 +109,10 @@ class Composer(DropArea):
         if not any(a.path == path for a in self.attachments):
             return
         self.frames.clear()
+        for row, a in enumerate(self.attachments):  # the video's own thumbnail: its first frame
+            if a.path == path and thumbs:
+                _, w, h, rgb = thumbs[0]
+                self.strip.item(row).setIcon(QPixmap.fromImage(QImage(rgb, w, h, 3 * w, QImage.Format_RGB888).copy()))
         for seconds, width, height, rgb in thumbs:
             image = QImage(rgb, width, height, 3 * width, QImage.Format_RGB888).copy()
             item = QListWidgetItem(f"{int(seconds) // 60}:{int(seconds) % 60:02d}")
