@@ -155,7 +155,8 @@ class Processor:
         text = prefix + prompt.render(self.tokenizer, messages, enable_thinking, add_generation_prompt, tools)
         items = media_items(messages)
         images = [load_image(src) for kind, src in items if kind == "image"]
-        videos = [load_video_units(src, v["max_num_frames"], v["stack_frames"], v["fps"])
+        videos = [frames_as_units(src) if isinstance(src, (list, tuple)) else
+                  load_video_units(src, v["max_num_frames"], v["stack_frames"], v["fps"])
                   for kind, src in items if kind == "video"]
         out = ProcessorOutput(input_ids=None, downsample_mode=mode)
         expanded = text
@@ -189,6 +190,14 @@ class Processor:
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode(list(ids))
+
+
+def frames_as_units(frames) -> list:
+    """A video given as frames already decoded: [(image, seconds)] or [image] -> units."""
+    units = [f if isinstance(f, tuple) else (f, float(i)) for i, f in enumerate(frames)]
+    if not units:
+        raise ValueError("a video given as frames needs at least one frame")
+    return [(load_image(image), float(t)) for image, t in units]
 
 
 def _spans(ids, token_id: int, counts: List[int]) -> List[Tuple[int, int]]:

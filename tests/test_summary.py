@@ -1,0 +1,149 @@
+"""Video summarisation: segments, scene cuts, timestamps, exports, partial results, bounded memory."""
+
+import json
+import re
+
+import pytest
+
+from mlx_minicpmv.processing.video import probe
+from mlx_minicpmv.summarize import main as summarize_main
+from mlx_minicpmv.summary import FORMATS, Span, plan_segments, scene_cuts, summarize
+from mlx_minicpmv.summary.segments import frame_times, thumbnails
+from tests.media import make_video
+
+
+def test_scene_cuts_are_found_where_they_are(tmp_path):
+    path = make_video(tmp_path / "cuts.mp4", seconds=20, fps=10, scenes=(0, 1, 2, 3))
+    info = probe(path)
+    cuts = scene_cuts(*thumbnails(path, info))
+    assert len(cuts) == 3 and all(abs(c - t) <= 0.5 for c, t in zip(cuts, (5, 10, 15)))
+    one_shot = make_video(tmp_path / "one.mp4", seconds=10, fps=10, scenes=(1,))
+    assert scene_cuts(*thumbnails(one_shot, probe(one_shot))) == [], "motion inside a shot is not a cut"
+
+
+@pytest.mark.parametrize("duration,cuts,target", [(7200.0, [], 60.0), (600.0, [33.0, 34.0, 300.0], 60.0),
+                                                  (20.0, [5.0, 10.0, 15.0], 5.0), (3.0, [], 60.0)])
+def test_segments_cover_the_video_within_bounds(duration, cuts, target):
+    spans = plan_segments(duration, cuts, target=target, min_len=min(8.0, target / 2), max_len=2 * target)
+    assert spans[0].start == 0.0 and spans[-1].end == duration
+    assert all(a.end == b.start for a, b in zip(spans, spans[1:]))
+    assert all(s.length <= 2 * target + 1e-9 for s in spans)
+    assert all(s.length >= min(8.0, target / 2) - 1e-9 for s in spans[:-1]) or len(spans) == 1
+    for cut in cuts:  # a cut is a boundary unless it would leave a sliver
+        near = min(abs(s.start - cut) for s in spans)
+        assert near < 1e-9 or any(s.start < cut < s.end and (cut - s.start < 8 or s.end - cut < 8) for s in spans)
+    if duration == 7200.0:
+        assert len(spans) == 120
+
+
+def test_frame_times_stay_inside_their_segment():
+    times = frame_times(Span(60.0, 120.0), 8)
+    assert len(times) == 8 and all(60.0 < t < 120.0 for t in times)
+    assert frame_times(Span(0.0, 2.0), 8) == [0.5, 1.5]  # never more than 1 fps
+
+
+@pytest.fixture(scope="module")
+def summary(tiny, tmp_path_factory):
+    model, processor = tiny.load()
+    path = make_video(tmp_path_factory.mktemp("s") / "three.mp4", seconds=15, fps=10, scenes=(0, 1, 2))
+    events = list(summarize(model, processor, path, segment_seconds=5, frames_per_segment=3,
+                            segments_per_chapter=2, max_tokens=12))
+    return events
+
+
+def test_end_to_end_summary_on_the_tiny_model(summary):
+    stages = [e.stage for e in summary]
+    assert stages[0] == "scanning" and stages[-1] == "done"
+    assert stages.count("segment") == 3 and stages.count("chapter") == 2
+    result = summary[-1].summary
+    segments = [s for c in result.chapters for s in c.segments]
+    assert [(s.start, s.end) for s in segments] == [(0.0, 5.0), (5.0, 10.0), (10.0, 15.0)]
+    for s in segments:  # every statement knows the time range and the frames it came from
+        assert s.frame_times and all(s.start <= t < s.end for t in s.frame_times)
+    assert result.chapters[0].start == 0.0 and result.chapters[-1].end == 15.0
+    assert all(c.title for c in result.chapters) and result.overview is not None
+    eta = [e.eta_seconds for e in summary if e.stage == "segment"]
+    assert eta[-1] == 0.0 and all(x >= 0 for x in eta)
+
+
+def parse_cues(text: str, sep: str):
+    pattern = rf"(\d\d):(\d\d):(\d\d){sep}(\d\d\d) --> (\d\d):(\d\d):(\d\d){sep}(\d\d\d)\n(.+)"
+    cues = []
+    for m in re.finditer(pattern, text):
+        g = [int(x) for x in m.groups()[:8]]
+        cues.append((g[0] * 3600 + g[1] * 60 + g[2] + g[3] / 1000, g[4] * 3600 + g[5] * 60 + g[6] + g[7] / 1000,
+                     m.group(9)))
+    return cues
+
+
+def test_exports_parse_back(summary):
+    result = summary[-1].summary
+    expected = [(c.start, c.end, c.title) for c in result.chapters]
+    srt = FORMATS["srt"](result)
+    assert parse_cues(srt, ",") == expected and srt.startswith("1\n00:00:00,000 --> ")
+    vtt = FORMATS["vtt"](result)
+    assert vtt.startswith("WEBVTT\n\n") and parse_cues(vtt, r"\.") == expected
+    data = json.loads(FORMATS["json"](result))
+    assert [s["frame_times"] for c in data["chapters"] for s in c["segments"]]
+    md = FORMATS["md"](result)
+    assert md.count("## [") == len(result.chapters) and "- **0:00–0:05**" in md
+
+
+def test_truncated_video_keeps_the_part_before(tiny, tmp_path):
+    model, processor = tiny.load()
+    full = make_video(tmp_path / "full.mkv", seconds=20, fps=10, scenes=(0, 1, 2, 3))
+    cut = tmp_path / "cut.mkv"
+    data = full.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.55)])
+    events = list(summarize(model, processor, cut, segment_seconds=5, frames_per_segment=2, max_tokens=4))
+    result = events[-1].summary
+    segments = [s for c in result.chapters for s in c.segments]
+    assert 1 <= len(segments) < 4, "the readable first part is summarised"
+    assert result.warnings and "truncated" in result.warnings[0] or "could not be read" in result.warnings[0]
+
+
+def rss_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="reads Linux /proc")
+def test_memory_stays_bounded_on_a_long_video(tiny, tmp_path):
+    """8 minutes of 640x360 (2880 frames: 2 GB if decoded at once) summarised in bounded memory."""
+    model, processor = tiny.load()
+    path = make_video(tmp_path / "long.mp4", seconds=480, fps=6, width=640, height=360, scenes=(0, 1, 2, 3))
+    start, peak = rss_mb(), 0.0
+    for event in summarize(model, processor, path, segment_seconds=60, frames_per_segment=2, max_tokens=2):
+        peak = max(peak, rss_mb())
+    assert event.stage == "done" and len([s for c in event.summary.chapters for s in c.segments]) >= 8
+    print(f"RSS grew by {peak - start:.0f} MB while summarising 8 minutes")
+    assert peak - start < 400
+
+
+def test_command_line_writes_the_chosen_format(tiny, tmp_path, capsys):
+    path = make_video(tmp_path / "clip.mp4", seconds=6, fps=10, scenes=(0, 1))
+    out = tmp_path / "chapters.vtt"
+    code = summarize_main([str(path), "--model", str(tiny.mlx_path), "--out", str(out), "--max-frames", "2",
+                           "--segment-seconds", "3"])
+    assert code == 0 and out.read_text().startswith("WEBVTT")
+    assert "segment" in capsys.readouterr().err
+
+
+def test_command_line_audio_only_file(tiny, tmp_path, capsys):
+    import av
+    import numpy as np
+
+    wav = tmp_path / "voice.wav"
+    with av.open(str(wav), "w") as c:
+        s = c.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 8000
+        for p in s.encode(frame):
+            c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    code = summarize_main([str(wav), "--model", str(tiny.mlx_path)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1 and "voice.wav: the file has no video stream" in err
