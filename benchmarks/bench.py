@@ -100,9 +100,21 @@ def make_media(root: Path):
     return media
 
 
+class Row(dict):
+    """A result row that prints each figure as soon as it is measured (long CPU runs)."""
+
+    def __init__(self, name):
+        super().__init__()
+        self.name = name
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        print(f"  {self.name} {key} = {value:.3f}", flush=True)
+
+
 def bench_variant(path, media, repeats):
     model, processor = load(path)
-    row = {}
+    row = Row(Path(path).name)
     text = inputs_for(processor, media, "text512")
     row["prefill_tps"], row["prefill_peak_gb"] = median_of(
         lambda: (lambda s, m: (512 / s, m))(*timed_prefill(model, text)), repeats)

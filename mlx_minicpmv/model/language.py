@@ -50,6 +50,20 @@ class GatedAttention(Attention):
         self.rope = RoPE(int(config.head_dim * config.partial_rotary_factor), config.rope_theta)
 
 
+def causal_conv(x: mx.array, weight: mx.array) -> mx.array:
+    """Depthwise causal conv as K shifted multiply-adds: (B, T+K-1, C), weight (C, K, 1) -> (B, T, C).
+
+    MLX's grouped ``conv1d`` with one group per channel took 159 ms for 515 x 6144 on the CPU
+    against 75 ms for this (and 1.2 ms against 0.15 ms per decoded token), same result to 5e-7.
+    """
+    K = weight.shape[1]
+    T = x.shape[1] - K + 1
+    out = x[:, :T] * weight[:, 0, 0]
+    for k in range(1, K):
+        out = out + x[:, k : k + T] * weight[:, k, 0]
+    return out
+
+
 class GatedDeltaNet(MlxLmGatedDeltaNet):
     """mlx-lm's Qwen3.5 gated DeltaNet (same parameters, same cache layout), with the delta
     rule dispatched by ``gated_delta``: mlx-lm's own ``__call__`` hard-wires its per-token loop
@@ -67,7 +81,7 @@ class GatedDeltaNet(MlxLmGatedDeltaNet):
         conv_input = mx.concatenate([conv_state, qkv], axis=1)
         if cache is not None:
             cache[0] = mx.contiguous(conv_input[:, -(self.conv_kernel_size - 1):, :])
-        conv_out = nn.silu(self.conv1d(conv_input))
+        conv_out = nn.silu(causal_conv(conv_input, self.conv1d.weight))
         q, k, v = (
             t.reshape(B, S, h, d)
             for t, h, d in zip(
