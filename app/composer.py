@@ -37,6 +37,7 @@ class MessageEdit(QPlainTextEdit):
 
 class Composer(DropArea):
     sendRequested = Signal(str, list)  # text, [Attachment]
+    summariseRequested = Signal(str)  # a video dropped with no question
     stopRequested = Signal()
     videoAttached = Signal(str)
     rejected = Signal(str)  # a file that is neither an image nor a video
@@ -78,6 +79,7 @@ class Composer(DropArea):
         self.filesDropped.connect(self.attach)
         self.edit.filesPasted.connect(self.attach)
         self.edit.submit.connect(self.send)
+        self.edit.textChanged.connect(self.update_send_label)
         self.send_button.clicked.connect(self.send)
         self.stop_button.clicked.connect(self.stopRequested)
         self.attach_button.clicked.connect(self.pick_files)
@@ -104,6 +106,7 @@ class Composer(DropArea):
                 self.videoAttached.emit(str(path))
             self.strip.addItem(item)
         self.strip.setVisible(bool(self.attachments))
+        self.update_send_label()
 
     def show_frames(self, path: str, thumbs: list) -> None:
         if not any(a.path == path for a in self.attachments):
@@ -120,9 +123,19 @@ class Composer(DropArea):
             self.frames.addItem(item)
         self.frames.show()
 
+    def only_a_video(self) -> bool:
+        return not self.edit.toPlainText().strip() and [a.kind for a in self.attachments] == ["video"]
+
+    def update_send_label(self) -> None:
+        """A video with no question: the button offers to summarise it."""
+        self.send_button.setText("Summarise" if self.only_a_video() else "Send")
+
     def send(self) -> None:
         text = self.edit.toPlainText().strip()
         if not text and not self.attachments:
+            return
+        if self.only_a_video():
+            self.summariseRequested.emit(self.attachments[0].path)
             return
         self.sendRequested.emit(text, list(self.attachments))
 
@@ -133,6 +146,7 @@ class Composer(DropArea):
         self.strip.hide()
         self.frames.clear()
         self.frames.hide()
+        self.update_send_label()
 
     def set_busy(self, busy: bool) -> None:
         self.send_button.setVisible(not busy)

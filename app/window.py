@@ -16,6 +16,7 @@ from .history import Conversation, History, Message
 from .model_picker import ModelPicker
 from .settings import load_settings, save_settings
 from .settings_dialog import SettingsDialog
+from .summary_view import FrameViewer, chapters_markdown, clock
 from .worker import GenerateRequest, ModelWorker
 
 
@@ -31,6 +32,9 @@ class MainWindow(QMainWindow):
     requestDownload = Signal(str, str)
     requestGenerate = Signal(object)
     requestPreview = Signal(str, int, float)
+    requestSummary = Signal(str, dict)
+    requestFrame = Signal(str, float)
+    requestExport = Signal(object, str)
 
     def __init__(self, home: Optional[Path] = None):
         super().__init__()
@@ -43,6 +47,9 @@ class MainWindow(QMainWindow):
         self.conversation = Conversation()
         self.streaming: Optional[str] = None
         self.error = ""
+        self.summary = None  # the last finished video summary, for export and timestamps
+        self.summary_video = ""
+        self.summary_chapters = []
 
         # widgets
         self.search = QLineEdit(placeholderText="Search chats")
@@ -85,6 +92,16 @@ class MainWindow(QMainWindow):
         self.requestDownload.connect(self.worker.download_and_convert)
         self.requestGenerate.connect(self.worker.generate)
         self.requestPreview.connect(self.worker.preview_video)
+        self.requestSummary.connect(self.worker.summarise)
+        self.requestFrame.connect(self.worker.frame_at)
+        self.requestExport.connect(self.worker.export_summary)
+        self.worker.exported.connect(lambda p: self.statusBar().showMessage(f"Exported {p}", 5000))
+        self.worker.summary_progress.connect(self.on_summary_progress)
+        self.worker.summary_chapter.connect(self.on_summary_chapter)
+        self.worker.summary_done.connect(self.on_summary_done)
+        self.viewer = FrameViewer(self)
+        self.worker.frame_ready.connect(self.viewer.show_frame)
+        self.view.linkActivated.connect(self.on_link)
         self.worker.loading.connect(lambda p: self.picker.set_busy(f"Loading {p}…"))
         self.worker.loaded.connect(self.on_loaded)
         self.worker.download_progress.connect(self.picker.set_progress)
@@ -101,6 +118,7 @@ class MainWindow(QMainWindow):
         # is meant to stop (the worker's event loop is busy running it).
         self.picker.cancelRequested.connect(self.worker.cancel, Qt.DirectConnection)
         self.composer.sendRequested.connect(self.send)
+        self.composer.summariseRequested.connect(self.summarise)
         self.composer.stopRequested.connect(self.worker.cancel, Qt.DirectConnection)
         self.composer.videoAttached.connect(
             lambda p: self.requestPreview.emit(p, self.settings.max_frames, self.settings.fps))
@@ -120,6 +138,7 @@ class MainWindow(QMainWindow):
         for name, shortcut, slot in (("Copy answer", QKeySequence.Copy, self.copy_answer),
                                      ("Regenerate", "Ctrl+R", self.regenerate),
                                      ("Edit last question", "Ctrl+E", self.edit_last),
+                                     ("Export summary…", "Ctrl+Shift+E", self.choose_export),
                                      ("Settings…", QKeySequence.Preferences, self.open_settings)):
             action = QAction(name, self)
             action.setShortcut(shortcut)
@@ -202,6 +221,74 @@ class MainWindow(QMainWindow):
         self.error = message
         self.statusBar().showMessage(message, 10000)
         self.render()
+
+    # -- video summaries ------------------------------------------------------------------------
+    def summarise(self, path: str):
+        if self.streaming is not None:
+            return
+        from .history import Attachment
+
+        self.conversation.add(Message("user", "Summarise this video.", [Attachment(path, "video")]))
+        self.composer.clear()
+        self.summary_video, self.summary_chapters, self.summary = path, [], None
+        self.error, self.streaming = "", chapters_markdown([], progress="Looking for scene changes…")
+        self.composer.set_busy(True)
+        self.history.save(self.conversation)
+        self.refresh_chats()
+        self.render()
+        s = self.settings
+        self.requestSummary.emit(path, dict(frames_per_segment=max(1, min(16, s.max_frames // 8)),
+                                            temperature=s.temperature, top_p=s.top_p))
+
+    def on_summary_progress(self, stage: str, done: int, total: int, eta: float):
+        left = f", about {clock(eta)} left" if eta >= 0 else ""
+        text = {"scanning": "Scenes found", "segment": f"Segments summarised: {done}/{total}{left}",
+                "chapter": f"Chapters titled: {done}/{total}", "done": "Done"}.get(stage, stage)
+        self.statusBar().showMessage(text)
+        self.progress.setVisible(stage != "done")
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(done)
+        if self.streaming is not None and stage in ("segment", "scanning"):
+            self.streaming = chapters_markdown(self.summary_chapters, progress=text)
+            self.render()
+
+    def on_summary_chapter(self, chapter):
+        self.summary_chapters.append(chapter)
+        self.streaming = chapters_markdown(self.summary_chapters, progress="Writing the overview…")
+        self.render()
+
+    def on_summary_done(self, summary):
+        self.summary = summary
+        text = chapters_markdown(summary.chapters, summary.overview, summary.warnings)
+        self.conversation.add(Message("assistant", text, stats=f"{len(summary.chapters)} chapters"))
+        self.streaming = None
+        self.progress.hide()
+        self.composer.set_busy(False)
+        self.history.save(self.conversation)
+        self.render()
+
+    def on_link(self, url: str):
+        if url.startswith("seek:"):
+            video = self.summary_video or next((a.path for m in reversed(self.conversation.messages)
+                                                for a in m.attachments if a.kind == "video"), "")
+            if video:
+                self.requestFrame.emit(video, float(url[5:]))
+
+    def choose_export(self):
+        from PySide6.QtWidgets import QFileDialog
+
+        if self.summary is None:
+            self.show_error("Summarise a video first (drop it with no question), then export its chapters.")
+            return
+        name = Path(self.summary_video).with_suffix(".md").name
+        path, _ = QFileDialog.getSaveFileName(self, "Export summary", name,
+                                              "Markdown (*.md);;SubRip (*.srt);;WebVTT (*.vtt);;JSON (*.json)")
+        if path:
+            self.export_summary(path)
+
+    def export_summary(self, path: str):
+        """Formatting belongs to the library, so the worker writes the file."""
+        self.requestExport.emit(self.summary, path)
 
     # -- actions --------------------------------------------------------------------------------
     def copy_answer(self):

@@ -53,6 +53,11 @@ class ModelWorker(QObject):
     done = Signal(str, dict)  # finish reason, statistics
     failed = Signal(str)  # a message for a person
     frames = Signal(str, list)  # video path, [(seconds, width, height, rgb bytes)]
+    summary_progress = Signal(str, int, int, float)  # stage, done, total, seconds left (-1: unknown)
+    summary_chapter = Signal(object)  # a finished mlx_minicpmv.summary.Chapter
+    summary_done = Signal(object)  # the Summary
+    frame_ready = Signal(str, float, int, int, bytes)  # path, seconds, width, height, rgb
+    exported = Signal(str)
 
     def __init__(self):
         super().__init__()
@@ -175,3 +180,59 @@ class ModelWorker(QObject):
             self.frames.emit(path, thumbs)
         except Exception as e:  # noqa: BLE001
             self.failed.emit(friendly(e))
+
+    @Slot(str, dict)
+    def summarise(self, path: str, options: dict) -> None:
+        """Summarise a video chapter by chapter; Stop keeps the chapters done so far."""
+        self._cancel.clear()
+        if self.model is None:
+            self.failed.emit("No model is loaded yet. Choose a model first.")
+            return
+        try:
+            from mlx_minicpmv.summary import summarize
+
+            for event in summarize(self.model, self.processor, path, cancel=self._cancel.is_set, **options):
+                eta = event.eta_seconds if event.eta_seconds is not None else -1.0
+                self.summary_progress.emit(event.stage, event.done, event.total, eta)
+                if event.chapter is not None:
+                    self.summary_chapter.emit(event.chapter)
+                if event.summary is not None:
+                    self.summary_done.emit(event.summary)
+        except Exception as e:  # noqa: BLE001
+            self.failed.emit(friendly(e))
+
+    @Slot(str, float)
+    def frame_at(self, path: str, seconds: float) -> None:
+        """The video frame shown at ``seconds``, for a clicked timestamp."""
+        try:
+            from mlx_minicpmv.processing.video import iter_frames, probe
+
+            info = probe(path)
+            index = min(int(seconds * info.fps), info.total_num_frames - 1)
+            for frame in iter_frames(path, [index], info):
+                image = frame.image.convert("RGB")
+                image.thumbnail((640, 640))
+                self.frame_ready.emit(path, frame.time, image.width, image.height, image.tobytes())
+                return
+            self.failed.emit(f"No frame could be read at {seconds:.0f} s in {path}.")
+        except Exception as e:  # noqa: BLE001
+            self.failed.emit(friendly(e))
+
+    @Slot(object, str)
+    def export_summary(self, summary, path: str) -> None:
+        """Write a summary as .md, .srt, .vtt or .json (by suffix), atomically."""
+        from pathlib import Path
+
+        from mlx_minicpmv.summary.export import FORMATS
+
+        from .history import write_atomic
+
+        fmt = Path(path).suffix.lstrip(".").lower()
+        if fmt not in FORMATS:
+            self.failed.emit(f"Can't export as .{fmt}: choose .md, .srt, .vtt or .json.")
+            return
+        try:
+            write_atomic(Path(path), FORMATS[fmt](summary))
+            self.exported.emit(path)
+        except OSError as e:
+            self.failed.emit(f"Could not write {path}: {e.strerror or e}. Choose another folder or free some space.")

@@ -166,3 +166,27 @@ def test_moved_attachment_is_marked(qtbot, home, tmp_path):
 
     gone = Message("user", "look", [Attachment(str(tmp_path / "moved.png"), "image")])
     assert "missing: the file was moved or deleted" in render_message(gone)
+
+
+def test_video_without_a_question_is_summarised_with_clickable_times(qtbot, home, tiny, tmp_path):
+    window = open_window(qtbot, home, tiny.mlx_path)
+    window.settings.max_frames = 16
+    video = make_video(tmp_path / "trip.mp4", seconds=12.0, fps=10, scenes=(0, 1, 2))
+    with qtbot.waitSignal(window.worker.frames, timeout=WAIT):
+        drop(window.composer, [video])
+    assert window.composer.send_button.text() == "Summarise"
+    chapters = []
+    window.worker.summary_chapter.connect(chapters.append)
+    with qtbot.waitSignal(window.worker.summary_done, timeout=WAIT) as done:
+        window.composer.send_button.click()
+    summary = done.args[0]
+    assert chapters and [c.title for c in chapters] == [c.title for c in summary.chapters]
+    assert "(seek:" not in window.view.plain_text() and "0:00" in window.view.plain_text()
+    assert window.conversation.messages[-1].role == "assistant"
+    with qtbot.waitSignal(window.worker.frame_ready, timeout=WAIT) as frame:
+        window.view.linkActivated.emit("seek:4.00")
+    assert abs(frame.args[1] - 4.0) < 0.2 and window.viewer.isVisible()
+    out = tmp_path / "chapters.srt"
+    with qtbot.waitSignal(window.worker.exported, timeout=WAIT):
+        window.export_summary(str(out))
+    assert out.read_text().startswith("1\n00:00:00,000 --> ")

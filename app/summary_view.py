@@ -1,0 +1,49 @@
+"""A video summary as Markdown with clickable times, and the frame shown for a clicked time."""
+
+from PySide6.QtGui import QImage, QPixmap
+from PySide6.QtWidgets import QDialog, QLabel, QVBoxLayout
+
+
+def clock(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+def link(seconds: float) -> str:
+    return f"[{clock(seconds)}](seek:{seconds:.2f})"
+
+
+def chapters_markdown(chapters, overview: str = "", warnings=(), progress: str = "") -> str:
+    """Chapters with their segments; every time is a ``seek:SECONDS`` link."""
+    lines = []
+    if overview:
+        lines += [overview, ""]
+    for c in chapters:
+        lines += [f"**{link(c.start)}–{link(c.end)} {c.title}**", ""]
+        lines += [f"- {link(s.start)}–{link(s.end)} {s.text}" for s in c.segments]
+        lines.append("")
+    if progress:
+        lines.append(f"*{progress}*")
+    lines += [f"> {w}" for w in warnings]
+    return "\n".join(lines)
+
+
+class FrameViewer(QDialog):
+    """The frame at a clicked time."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.label = QLabel()
+        self.caption = QLabel()
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.label)
+        layout.addWidget(self.caption)
+
+    def show_frame(self, path: str, seconds: float, width: int, height: int, rgb: bytes) -> None:
+        image = QImage(rgb, width, height, 3 * width, QImage.Format_RGB888).copy()
+        self.label.setPixmap(QPixmap.fromImage(image))
+        self.caption.setText(f"{clock(seconds)} — {path}")
+        self.setWindowTitle(f"Frame at {clock(seconds)}")
+        self.show()
+        self.raise_()
