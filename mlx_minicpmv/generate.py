@@ -9,17 +9,54 @@ Run ``python -m mlx_minicpmv.generate --help`` for the command line.
 """
 
 import argparse
+import hashlib
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, List, Optional
 
 import mlx.core as mx
+import numpy as np
 from mlx_lm.generate import generate_step
 from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
 PREFILL_STEP = 512
 END_OF_TURN = "<|im_end|>"
+FEATURE_CACHE_SIZE = 8
+
+
+class FeatureCache:
+    """Vision features by content hash of the pixels (and grid and mode), least recently used
+    dropped first: asking again about the same image or video (regenerate, edit and resend,
+    a new chat) encodes nothing."""
+
+    def __init__(self, size: int = FEATURE_CACHE_SIZE):
+        self.size, self.items, self.hits = size, OrderedDict(), 0
+
+    @staticmethod
+    def key(pixel_values, target_sizes, mode) -> str:
+        h = hashlib.sha1(np.asarray(pixel_values).tobytes())
+        h.update(np.asarray(target_sizes).tobytes() + str(mode).encode())
+        return h.hexdigest()
+
+    def features(self, model, pixel_values, target_sizes, mode):
+        if pixel_values is None:
+            return None
+        key = self.key(pixel_values, target_sizes, mode)
+        if key in self.items:
+            self.hits += 1
+            self.items.move_to_end(key)
+            return self.items[key]
+        value = model.encode_slices(pixel_values, target_sizes, mode)
+        mx.eval(value)
+        self.items[key] = value
+        while len(self.items) > self.size:
+            self.items.popitem(last=False)
+        return value
+
+
+feature_cache = FeatureCache()
 
 
 class ContextError(ValueError):
@@ -107,7 +144,12 @@ def stream_tokens(model, inputs, *, prompt_cache: Optional[PromptCache] = None, 
     sampler, processors = sampling(temperature, top_p, top_k, min_p, repetition_penalty)
 
     tic = time.perf_counter()
-    embeds = model.embed(ids[None], **inputs.model_inputs())[0]
+    mode = inputs.downsample_mode
+    embeds = model.embed(
+        ids[None],
+        image_features=feature_cache.features(model, inputs.pixel_values, inputs.target_sizes, mode),
+        video_features=feature_cache.features(model, inputs.pixel_values_videos, inputs.target_sizes_videos, mode),
+    )[0]
     mx.eval(embeds)  # the vision tower runs once here, not once per prefill chunk
     start = len(cache.tokens)
     steps = generate_step(

@@ -163,3 +163,19 @@ def test_command_line_streams_and_reports(tiny, picture, capsys):
     captured = capsys.readouterr()
     assert code == 0
     assert "Prompt:" in captured.err and "tokens-per-sec" in captured.err and "Peak memory" in captured.err
+
+
+def test_asking_again_about_a_video_decodes_and_encodes_nothing(tiny, tmp_path, monkeypatch):
+    from mlx_minicpmv.processing import video as video_module
+
+    model, processor = tiny.load()
+    path = make_video(tmp_path / "again.mp4", 3.0, 8)
+    question = [{"role": "user", "content": [{"type": "video", "video": str(path)},
+                                             {"type": "text", "text": "What happens?"}]}]
+    first = [r.token for r in stream_generate(model, processor, question, max_tokens=4, temperature=0.0)]
+    decodes, encodes = [], []
+    monkeypatch.setattr(video_module, "iter_frames", lambda *a, **k: decodes.append(a) or iter(()))
+    real_encode = type(model).encode_slices
+    monkeypatch.setattr(type(model), "encode_slices", lambda self, *a, **k: encodes.append(a) or real_encode(self, *a, **k))
+    again = [r.token for r in stream_generate(model, processor, question, max_tokens=4, temperature=0.0)]
+    assert again == first and decodes == [] and encodes == []

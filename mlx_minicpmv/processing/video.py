@@ -7,6 +7,8 @@ Every frame keeps its presentation time.
 """
 
 import math
+import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterator, List, Sequence, Tuple
 
@@ -174,9 +176,37 @@ def stack_canvas(images: Sequence[Image.Image]) -> Image.Image:
     return canvas
 
 
+UNIT_CACHE_SIZE = 2
+_units: "OrderedDict[tuple, list]" = OrderedDict()
+
+
+def file_key(path) -> tuple:
+    st = os.stat(path)
+    return (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+
+
 def load_video_units(path, max_num_frames: int = 128, stack_frames: int = 1, fps: float = 1.0):
     """The visual units the model sees, with their times: [(image, seconds)], in order
-    main_0, composite_0, main_1, ... (composites only with ``stack_frames`` > 1)."""
+    main_0, composite_0, main_1, ... (composites only with ``stack_frames`` > 1).
+
+    The last couple of results are kept (by file identity and sampling), so asking about the
+    same video again decodes nothing."""
+    try:
+        key = (file_key(path), max_num_frames, stack_frames, fps)
+    except OSError:
+        key = None
+    if key in _units:
+        _units.move_to_end(key)
+        return _units[key]
+    units = _decode_units(path, max_num_frames, stack_frames, fps)
+    if key is not None:
+        _units[key] = units
+        while len(_units) > UNIT_CACHE_SIZE:
+            _units.popitem(last=False)
+    return units
+
+
+def _decode_units(path, max_num_frames, stack_frames, fps):
     info = probe(path)
     main, sub, sub_times = sample_indices(info, max_num_frames, stack_frames, fps)
     frames = {}
