@@ -69,7 +69,10 @@ class Conversation:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside ``path``, flush it to disk, then rename over it."""
+    """Write to a temporary file beside ``path``, flush it to disk, then rename over it.
+
+    (``mlx_minicpmv.summarize`` has its own copy: the app calls the library only from its
+    worker thread, and history is saved on the GUI thread.)"""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:

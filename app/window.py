@@ -88,6 +88,9 @@ class MainWindow(QMainWindow):
         self.thread = QThread(self)
         self.worker = ModelWorker()
         self.worker.moveToThread(self.thread)
+        # Qt's worker-object pattern: the worker is deleted on its own thread as that thread
+        # ends, never later from another one (a stray deferred delete crashed a later event loop).
+        self.thread.finished.connect(self.worker.deleteLater)
         self.requestLoad.connect(self.worker.load)
         self.requestDownload.connect(self.worker.download_and_convert)
         self.requestGenerate.connect(self.worker.generate)

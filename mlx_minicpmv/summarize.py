@@ -18,11 +18,14 @@ __all__ = ["summarize", "main"]
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """Temporary file beside ``path``, flushed, then renamed over it: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

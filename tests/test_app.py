@@ -24,8 +24,8 @@ def open_window(qtbot, home, model=None):
     qtbot.addWidget(window)
     window.show()
     if model is not None:
-        with qtbot.waitSignal(window.worker.loaded, timeout=WAIT):
-            window.requestLoad.emit(str(model))
+        window.requestLoad.emit(str(model))
+        qtbot.waitUntil(lambda: window.pages.currentIndex() == 1, timeout=WAIT)
     return window
 
 
@@ -48,13 +48,11 @@ def drop(widget, paths):
 def test_first_run_offers_model_choice_and_remembers_it(qtbot, home, tiny):
     window = open_window(qtbot, home)
     assert window.pages.currentIndex() == 0, "no model yet: the picker shows"
-    with qtbot.waitSignal(window.worker.loaded, timeout=WAIT):
-        window.picker.folderChosen.emit(str(tiny.mlx_path))
-    assert window.pages.currentIndex() == 1
+    window.picker.folderChosen.emit(str(tiny.mlx_path))
+    qtbot.waitUntil(lambda: window.pages.currentIndex() == 1, timeout=WAIT)
     window.close()
     again = open_window(qtbot, home)
-    with qtbot.waitSignal(again.worker.loaded, timeout=WAIT):
-        pass  # the remembered model loads by itself
+    qtbot.waitUntil(lambda: again.pages.currentIndex() == 1, timeout=WAIT)  # the remembered model loads by itself
     assert again.settings.model_path == str(tiny.mlx_path)
 
 
