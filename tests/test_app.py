@@ -33,7 +33,13 @@ def ask(qtbot, window, text, done_timeout=WAIT):
     window.composer.edit.setPlainText(text)
     with qtbot.waitSignal(window.worker.done, timeout=done_timeout) as blocker:
         qtbot.mouseClick(window.composer.send_button, Qt.LeftButton)
+    settle(qtbot, window)
     return blocker.args
+
+
+def settle(qtbot, window):
+    """The window has taken the answer in (its own slot ran, not just the worker's signal)."""
+    qtbot.waitUntil(lambda: window.streaming is None and window.composer.send_button.isVisible(), timeout=WAIT)
 
 
 def drop(widget, paths):
@@ -62,6 +68,7 @@ def test_offline_download_says_so_and_does_not_hang(qtbot, home, monkeypatch):
     with qtbot.waitSignal(window.worker.failed, timeout=WAIT) as blocker:
         window.picker.downloadRequested.emit("openbmb/MiniCPM-V-4.6")
     assert "not reachable" in blocker.args[0]
+    qtbot.waitUntil(lambda: window.picker.download_button.isEnabled(), timeout=WAIT)
     assert "not reachable" in window.picker.message.text() and window.picker.download_button.isEnabled()
 
 
@@ -72,6 +79,7 @@ def test_dropped_files_attach(qtbot, home, tmp_path):
     video = make_video(tmp_path / "clip.mp4", 2.0, 5)
     with qtbot.waitSignal(window.worker.frames, timeout=WAIT) as frames:
         drop(window.composer, [image, video, tmp_path / "notes.txt"])
+    qtbot.waitUntil(lambda: window.composer.frames.count() == 2, timeout=WAIT)
     assert [a.kind for a in window.composer.attachments] == ["image", "video"]
     assert window.composer.strip.count() == 2
     assert [t for t, *_ in frames.args[1]] == [0.0, 1.0], "the frames the model will see, with times"
@@ -105,6 +113,7 @@ def test_stop_ends_the_answer_and_the_next_question_works(qtbot, home, tiny):
         window.composer.send_button.click()
     assert blocker.args[0] == "cancelled" and blocker.args[1]["generation_tokens"] < 3000
     window.worker.text.disconnect()
+    settle(qtbot, window)
     window.settings.max_tokens = 4
     reason, _ = ask(qtbot, window, "And a short one?")
     assert reason in ("stop", "length")
@@ -122,6 +131,7 @@ def test_an_error_shows_in_the_window_and_keeps_the_conversation(qtbot, home, ti
     with qtbot.waitSignal(window.worker.failed, timeout=WAIT) as blocker:
         window.composer.send_button.click()
     assert "This file can't be used" in blocker.args[0] and "broken.jpg" in blocker.args[0]
+    settle(qtbot, window)
     assert "This file can't be used" in window.view.plain_text()
     assert len(window.conversation.messages) == 3 and window.composer.send_button.isVisible()
 
@@ -178,6 +188,7 @@ def test_video_without_a_question_is_summarised_with_clickable_times(qtbot, home
     with qtbot.waitSignal(window.worker.summary_done, timeout=WAIT) as done:
         window.composer.send_button.click()
     summary = done.args[0]
+    settle(qtbot, window)
     assert chapters and [c.title for c in chapters] == [c.title for c in summary.chapters]
     assert "(seek:" not in window.view.plain_text() and "0:00" in window.view.plain_text()
     assert window.conversation.messages[-1].role == "assistant"
