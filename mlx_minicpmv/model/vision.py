@@ -165,9 +165,3 @@ def check_grid(h: int, w: int, multiple: int):
             f"patch grid {h}x{w} is not a positive multiple of {multiple}: pixel_values and "
             "target_sizes must come from the MiniCPM-V processor with the same downsample_mode"
         )
-
-
-def tokens_per_slice(h: int, w: int, use_vit_merger: bool) -> int:
-    return (h * w) // (16 if use_vit_merger else 4)
-
-

@@ -8,7 +8,6 @@ titled by the model from its segments' text, and an overview is written from the
 ``summarize`` is a generator of progress events, so the app shows chapters as they finish.
 """
 
-import hashlib
 import re
 import time
 from dataclasses import dataclass, field
@@ -66,18 +65,6 @@ class Progress:
     segment: Optional[SegmentSummary] = None
     chapter: Optional[Chapter] = None
     summary: Optional[Summary] = None
-
-
-def file_key(path) -> str:
-    """A content key for caches: size, mtime and the first and last MB of the file."""
-    p = Path(path)
-    h = hashlib.sha1(f"{p.stat().st_size}:{p.stat().st_mtime_ns}".encode())
-    with open(p, "rb") as f:
-        h.update(f.read(1 << 20))
-        if p.stat().st_size > 2 << 20:
-            f.seek(-(1 << 20), 2)
-            h.update(f.read())
-    return h.hexdigest()
 
 
 # Special-token text (``<|image_pad|>``, ``<slice>``, ...) in a generated answer must not turn
