@@ -151,11 +151,10 @@ def stream_tokens(model, inputs, *, prompt_cache: Optional[PromptCache] = None, 
         video_features=feature_cache.features(model, inputs.pixel_values_videos, inputs.target_sizes_videos, mode),
     )[0]
     mx.eval(embeds)  # the vision tower runs once here, not once per prefill chunk
-    start = len(cache.tokens)
     steps = generate_step(
         ids, model, max_tokens=max_tokens, sampler=sampler, logits_processors=processors,
         prompt_cache=cache.cache, prefill_step_size=prefill_step_size, input_embeddings=embeds,
-        prompt_progress_callback=(lambda a, b: progress(a, b)) if progress else None,
+        prompt_progress_callback=progress,
     )
     cache.tokens += ids.tolist()
     cache.images += inputs.images
@@ -171,7 +170,6 @@ def stream_tokens(model, inputs, *, prompt_cache: Optional[PromptCache] = None, 
         yield token, logprobs, n, prompt_tps, n / max(time.perf_counter() - gen_start, 1e-9), finish
         if finish:
             return
-    assert len(cache.tokens) > start
 
 
 def stream_generate(model, processor, messages, *, max_tokens: int = 256,
