@@ -46,3 +46,20 @@ def make_video(path, seconds: float = 3.0, fps: int = 10, width: int = 96, heigh
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def rotate_for_display(path, degrees_clockwise: int = 90) -> Path:
+    """Give an MP4 the display matrix a phone writes for portrait video (rotate 90° clockwise
+    to show), by rewriting the identity matrix of its track header in place."""
+    import struct
+
+    path = Path(path)
+    data = bytearray(path.read_bytes())
+    identity = struct.pack(">9i", 0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
+    matrices = {90: (0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000),
+                270: (0, -0x10000, 0, 0x10000, 0, 0, 0, 0, 0x40000000)}
+    at = data.find(identity, data.find(b"tkhd"))
+    assert at > 0, "no track header matrix found"
+    data[at: at + 36] = struct.pack(">9i", *matrices[degrees_clockwise])
+    path.write_bytes(bytes(data))
+    return path

@@ -274,3 +274,26 @@ def test_huge_jpeg_is_decoded_reduced_with_the_reference_plan(reference_image_pr
     strips, sizes, _ = slice_image(image)
     np.testing.assert_array_equal(np.asarray(sizes, np.int32), ref["target_sizes"])
     assert np.abs(np.concatenate(strips, -1)[None] - ref["pixel_values"]).mean() < 0.02
+
+
+def test_rotated_phone_video_is_turned_upright(tmp_path):
+    """A portrait phone video: landscape frames plus a 'rotate 90° clockwise' display matrix."""
+    import av
+
+    from tests.media import rotate_for_display
+
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        for _ in range(5):
+            frame = np.zeros((32, 64, 3), np.uint8)
+            frame[:8, :8] = (255, 0, 0)  # a red mark in the top-left corner of the stored frame
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    rotate_for_display(path, 90)
+    image = np.asarray(next(iter_frames(path, [0])).image)
+    assert image.shape[:2] == (64, 32), "shown in portrait"
+    assert image[:8, -8:, 0].mean() > 200 and image[:8, :8, 0].mean() < 60, "top-left went to top-right"

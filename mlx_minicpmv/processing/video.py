@@ -131,7 +131,7 @@ def iter_frames(path, indices: Sequence[int], info: VideoInfo = None) -> Iterato
                     if pos is None:  # after a seek, recover the index from the timestamp
                         pos = int(round((t - start) * rate))
                     while k < len(wanted) and wanted[k] == pos:
-                        image = frame.to_image()
+                        image = upright(frame)
                         yield Frame(pos, t, image)
                         k += 1
                         while k < len(wanted) and wanted[k] == pos:
@@ -148,6 +148,15 @@ def iter_frames(path, indices: Sequence[int], info: VideoInfo = None) -> Iterato
             # A broken tail: keep what was decoded (the caller sees fewer frames than asked).
         if k < len(wanted) and k == 0:
             raise MediaError(f"{path}: no frame could be decoded; the file is truncated or the codec unsupported")
+
+
+def upright(frame) -> Image.Image:
+    """The frame as it is meant to be shown: phones store portrait video as landscape frames
+    plus a display matrix (``frame.rotation``, degrees counterclockwise), applied here. The
+    reference ignores it, so only rotated videos differ from it."""
+    image = frame.to_image()
+    rotation = getattr(frame, "rotation", 0) or 0
+    return image.rotate(rotation, expand=True) if rotation % 360 else image
 
 
 def stack_canvas(images: Sequence[Image.Image]) -> Image.Image:
