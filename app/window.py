@@ -32,7 +32,7 @@ class MainWindow(QMainWindow):
     requestDownload = Signal(str, str)
     requestGenerate = Signal(object)
     requestPreview = Signal(str, int, float)
-    requestSummary = Signal(str, dict)
+    requestSummary = Signal(str, str, dict)
     requestFrame = Signal(str, float)
     requestExport = Signal(object, str)
 
@@ -240,7 +240,7 @@ class MainWindow(QMainWindow):
         self.refresh_chats()
         self.render()
         s = self.settings
-        self.requestSummary.emit(path, dict(frames_per_segment=max(1, min(16, s.max_frames // 8)),
+        self.requestSummary.emit(self.conversation.id, path, dict(frames_per_segment=max(1, min(16, s.max_frames // 8)),
                                             temperature=s.temperature, top_p=s.top_p))
 
     def on_summary_progress(self, stage: str, done: int, total: int, eta: float):

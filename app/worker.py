@@ -66,6 +66,7 @@ class ModelWorker(QObject):
         self._cancel = threading.Event()
         self._cache = None
         self._cached_for = (None, 0)  # (conversation id, messages the cache holds)
+        self._summary = (None, None)  # (conversation id, its last video Summary)
 
     def cancel(self) -> None:
         """Called from the GUI thread: a flag the running job checks between steps."""
@@ -147,16 +148,28 @@ class ModelWorker(QObject):
             if self._cancel.is_set():
                 raise Cancelled()  # between prefill chunks: a long video stops promptly too
 
+        summary_id, summary = self._summary
+        if summary_id == request.conversation_id and isinstance(messages[-1]["content"], str):
+            # A text question after a video summary: answered from the frames the summary saw,
+            # so nothing is decoded or encoded again.
+            from mlx_minicpmv.summary import follow_up
+
+            self._cache, self._cached_for = None, (None, 0)
+            stream = lambda: follow_up(self.model, self.processor, summary, messages[-1]["content"],  # noqa: E731
+                                       cancel=self._cancel.is_set, progress=progress, **options)
+        else:
+            stream = lambda: stream_generate(self.model, self.processor, new, prompt_cache=self._cache,  # noqa: E731
+                                             cancel=self._cancel.is_set, progress=progress, **options)
         try:
             last = None
-            for last in stream_generate(self.model, self.processor, new, prompt_cache=self._cache,
-                                        cancel=self._cancel.is_set, progress=progress, **options):
+            for last in stream():
                 if last.text:
                     self.text.emit(last.text)
             stats = dict(prompt_tokens=last.prompt_tokens, prompt_tps=last.prompt_tps,
                          generation_tokens=last.generation_tokens, generation_tps=last.generation_tps,
                          peak_memory=last.peak_memory)
-            self._cached_for = (request.conversation_id, len(messages) + 1)
+            if self._cache is not None:
+                self._cached_for = (request.conversation_id, len(messages) + 1)
             self.done.emit(last.finish_reason or "stop", stats)
         except Cancelled:
             self._cache = None  # stopped inside the prompt: the state is partial
@@ -181,8 +194,8 @@ class ModelWorker(QObject):
         except Exception as e:  # noqa: BLE001
             self.failed.emit(friendly(e))
 
-    @Slot(str, dict)
-    def summarise(self, path: str, options: dict) -> None:
+    @Slot(str, str, dict)
+    def summarise(self, conversation_id: str, path: str, options: dict) -> None:
         """Summarise a video chapter by chapter; Stop keeps the chapters done so far."""
         self._cancel.clear()
         if self.model is None:
@@ -197,6 +210,7 @@ class ModelWorker(QObject):
                 if event.chapter is not None:
                     self.summary_chapter.emit(event.chapter)
                 if event.summary is not None:
+                    self._summary = (conversation_id, event.summary)
                     self.summary_done.emit(event.summary)
         except Exception as e:  # noqa: BLE001
             self.failed.emit(friendly(e))

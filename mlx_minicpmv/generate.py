@@ -148,7 +148,8 @@ def stream_tokens(model, inputs, *, prompt_cache: Optional[PromptCache] = None, 
     embeds = model.embed(
         ids[None],
         image_features=feature_cache.features(model, inputs.pixel_values, inputs.target_sizes, mode),
-        video_features=feature_cache.features(model, inputs.pixel_values_videos, inputs.target_sizes_videos, mode),
+        video_features=(inputs.video_features if inputs.video_features is not None else
+                        feature_cache.features(model, inputs.pixel_values_videos, inputs.target_sizes_videos, mode)),
     )[0]
     mx.eval(embeds)  # the vision tower runs once here, not once per prefill chunk
     steps = generate_step(

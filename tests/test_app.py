@@ -199,3 +199,16 @@ def test_video_without_a_question_is_summarised_with_clickable_times(qtbot, home
     with qtbot.waitSignal(window.worker.exported, timeout=WAIT):
         window.export_summary(str(out))
     assert out.read_text().startswith("1\n00:00:00,000 --> ")
+    # A follow-up question is answered from the frames the summary saw: no decoding, no encoding.
+    from mlx_minicpmv.processing import video as video_module
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again")
+
+    video_module.iter_frames, real = no_decoding, video_module.iter_frames
+    try:
+        window.settings.max_tokens = 4
+        reason, stats = ask(qtbot, window, "What happens after the cut?")
+    finally:
+        video_module.iter_frames = real
+    assert reason in ("stop", "length") and stats["prompt_tokens"] > 50 and not window.error

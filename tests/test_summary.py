@@ -147,3 +147,35 @@ def test_command_line_audio_only_file(tiny, tmp_path, capsys):
     code = summarize_main([str(wav), "--model", str(tiny.mlx_path)])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 1 and "voice.wav: the file has no video stream" in err
+
+
+def test_follow_up_uses_the_frames_the_summary_saw_without_decoding_or_encoding(tiny, summary, monkeypatch):
+    from mlx_minicpmv.processing import video as video_module
+    from mlx_minicpmv.summary import follow_up
+
+    model, processor = tiny.load()
+    result = summary[-1].summary
+    assert len(result.seen) == 6  # 2 kept per segment
+    monkeypatch.setattr(video_module, "iter_frames", lambda *a, **k: pytest.fail("decoded again"))
+    monkeypatch.setattr(type(model), "encode_slices", lambda *a, **k: pytest.fail("encoded again"))
+    answer = [r.token for r in follow_up(model, processor, result, "What colour is the car?", max_tokens=6,
+                                         temperature=0.0)]
+    assert len(answer) >= 1
+    monkeypatch.undo()
+    # The same question over those frames decoded and encoded afresh gives the same tokens.
+    from mlx_minicpmv.processing.video import iter_frames, probe
+
+    path = result.video
+    info = probe(path)
+    times = [f.time for f in result.seen]
+    frames = [(f.image, f.time) for f in iter_frames(path, [min(int(t * info.fps), info.total_num_frames - 1)
+                                                           for t in times], info)]
+    fresh = [r.token for r in stream_generate_frames(model, processor, frames, "What colour is the car?")]
+    assert answer == fresh
+
+
+def stream_generate_frames(model, processor, frames, question):
+    from mlx_minicpmv import stream_generate
+
+    content = [{"type": "video", "video": frames}, {"type": "text", "text": question}]
+    return stream_generate(model, processor, [{"role": "user", "content": content}], max_tokens=6, temperature=0.0)

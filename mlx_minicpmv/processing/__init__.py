@@ -1,4 +1,4 @@
 from .errors import MediaError
-from .processor import Processor, ProcessorOutput
+from .processor import EncodedVideo, Processor, ProcessorOutput
 
-__all__ = ["MediaError", "Processor", "ProcessorOutput"]
+__all__ = ["EncodedVideo", "MediaError", "Processor", "ProcessorOutput"]

@@ -17,6 +17,22 @@ VIDEO_DEFAULTS = dict(video_max_slice_nums=1, video_use_image_id=False, max_num_
 
 
 @dataclass
+class EncodedVideo:
+    """Frames already through the vision tower: their placeholder text, features and times.
+
+    A video item may be one of these instead of a path, so a question about frames seen
+    before (a summarised video) neither decodes nor encodes anything."""
+
+    replacement: str
+    features: mx.array
+    frame_times: List[float]
+
+    @property
+    def tokens(self) -> int:
+        return self.features.shape[0]
+
+
+@dataclass
 class ProcessorOutput:
     """What ``Processor.__call__`` returns: model inputs (``mx.array``s in the layout of the
     transformers processor) plus what generation and the app need to know about them."""
@@ -26,6 +42,7 @@ class ProcessorOutput:
     target_sizes: Optional[mx.array] = None
     pixel_values_videos: Optional[mx.array] = None
     target_sizes_videos: Optional[mx.array] = None
+    video_features: Optional[mx.array] = None  # set when the videos came as EncodedVideo
     downsample_mode: str = "16x"
     text: str = ""
     images: int = 0  # how many images and videos the messages held
@@ -155,9 +172,13 @@ class Processor:
         text = prefix + prompt.render(self.tokenizer, messages, enable_thinking, add_generation_prompt, tools)
         items = media_items(messages)
         images = [load_image(src) for kind, src in items if kind == "image"]
-        videos = [frames_as_units(src) if isinstance(src, (list, tuple)) else
-                  load_video_units(src, v["max_num_frames"], v["stack_frames"], v["fps"])
-                  for kind, src in items if kind == "video"]
+        sources = [src for kind, src in items if kind == "video"]
+        encoded = [src for src in sources if isinstance(src, EncodedVideo)]
+        if encoded and len(encoded) != len(sources):
+            raise ValueError("give either all videos of a call as EncodedVideo or none")
+        videos = [] if encoded else [
+            frames_as_units(src) if isinstance(src, (list, tuple)) else
+            load_video_units(src, v["max_num_frames"], v["stack_frames"], v["fps"]) for src in sources]
         out = ProcessorOutput(input_ids=None, downsample_mode=mode)
         expanded = text
         if images:
@@ -169,7 +190,12 @@ class Processor:
         else:
             prompt.expand(expanded, self.tokens.image, [])
             image_tokens = []
-        if videos:
+        if encoded:
+            expanded = prompt.expand(expanded, self.tokens.video, [e.replacement for e in encoded])
+            out.video_features = mx.concatenate([e.features for e in encoded], axis=0)
+            out.frame_times = [list(e.frame_times) for e in encoded]
+            video_tokens = [e.tokens for e in encoded]
+        elif videos:
             packed = self.pack([[u for u, _ in units] for units in videos], self.tokens.video,
                                max_slice_nums=v["video_max_slice_nums"], downsample_mode=mode,
                                use_image_id=v["video_use_image_id"], first_id=first_video_id)
@@ -182,7 +208,7 @@ class Processor:
             video_tokens = []
         ids = self.tokenizer.encode(expanded, add_special_tokens=False)
         out.input_ids = mx.array([ids], dtype=mx.int32)
-        out.images, out.videos = len(images), len(videos)
+        out.images, out.videos = len(images), len(sources)
         out.text = expanded
         out.image_spans = _spans(ids, self.tokenizer.convert_tokens_to_ids(self.tokens.image), image_tokens)
         out.video_spans = _spans(ids, self.tokenizer.convert_tokens_to_ids(self.tokens.video), video_tokens)

@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Union
 
-from ..generate import generate
+import mlx.core as mx
+
+from ..generate import feature_cache, generate, stream_generate, stream_tokens
+from ..processing import EncodedVideo
 from ..processing.errors import MediaError
 from ..processing.video import iter_frames, probe
 from .export import short
@@ -52,6 +55,16 @@ class Summary:
     overview: str = ""
     chapters: List[Chapter] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
+    # ``summarize`` also sets ``seen``: a list of SeenFrame for ``follow_up`` (kept out of asdict).
+
+
+@dataclass
+class SeenFrame:
+    """One frame the summary looked at, as the model saw it (for follow-up questions)."""
+
+    time: float
+    replacement: str
+    features: mx.array
 
 
 @dataclass
@@ -83,7 +96,7 @@ def group_chapters(segments: List[SegmentSummary], per_chapter: int) -> List[Lis
 def summarize(model, processor, path: Union[str, Path], *, segment_seconds: float = 60.0,
               frames_per_segment: int = 8, segments_per_chapter: int = 3, scene_detection: bool = True,
               max_tokens: int = 160, cancel: Optional[Callable[[], bool]] = None,
-              **generation) -> Iterator[Progress]:
+              keep_per_segment: int = 2, **generation) -> Iterator[Progress]:
     """Yield ``Progress`` events; the last one (stage "done") carries the ``Summary``.
 
     A broken part of the file ends the segment loop with what was summarised so far kept and a
@@ -102,6 +115,7 @@ def summarize(model, processor, path: Union[str, Path], *, segment_seconds: floa
     spans = plan_segments(info.duration, cuts, target=segment_seconds, min_len=min(8.0, segment_seconds / 2),
                           max_len=2 * segment_seconds)
     done: List[SegmentSummary] = []
+    seen: List[SeenFrame] = []
     tic = time.perf_counter()
     for i, span in enumerate(spans):
         if cancel and cancel():
@@ -118,8 +132,10 @@ def summarize(model, processor, path: Union[str, Path], *, segment_seconds: floa
             break
         prompt = SEGMENT_PROMPT.format(start=short(span.start), end=short(span.end))
         messages = [{"role": "user", "content": [{"type": "video", "video": frames}, {"type": "text", "text": prompt}]}]
-        text = clean(generate(model, processor, messages, max_tokens=max_tokens, video_max_slice_nums=1, **generation))
+        inputs = processor(messages, video_max_slice_nums=1)
+        text = clean(answer(model, processor, inputs, max_tokens, generation))
         segment = SegmentSummary(span.start, span.end, text, [t for _, t in frames])
+        seen += remember(model, processor, inputs, keep_per_segment)
         done.append(segment)
         del frames
         elapsed = time.perf_counter() - tic
@@ -139,7 +155,44 @@ def summarize(model, processor, path: Union[str, Path], *, segment_seconds: floa
                          for c in summary.chapters)
         summary.overview = clean(generate(model, processor, [{"role": "user", "content": OVERVIEW_PROMPT.format(text=text)}],
                                           max_tokens=max_tokens, **generation))
+    summary.seen = seen  # not a dataclass field: features stay out of the exports
     yield Progress("done", len(done), len(spans), summary=summary)
+
+
+def answer(model, processor, inputs, max_tokens: int, generation: dict) -> str:
+    eos = set(processor.eos_token_ids)
+    tokens = [t for t, *_ in stream_tokens(model, inputs, max_tokens=max_tokens, eos_token_ids=eos, **generation)]
+    return processor.decode([t for t in tokens if t not in eos])
+
+
+def remember(model, processor, inputs, keep: int) -> List[SeenFrame]:
+    """Up to ``keep`` frames of a segment as the model saw them: placeholder text and features
+    (from the feature cache the segment's answer just filled, so nothing is encoded again)."""
+    if keep <= 0:
+        return []
+    mode = inputs.downsample_mode
+    features = feature_cache.features(model, inputs.pixel_values_videos, inputs.target_sizes_videos, mode)
+    divisor = 4 if mode == "4x" else 16
+    counts = [int(h) * int(w) // divisor for h, w in inputs.target_sizes_videos.tolist()]  # one slice per frame
+    offsets = [sum(counts[:i]) for i in range(len(counts) + 1)]
+    t = processor.tokens
+    frames = [SeenFrame(time, t.image_start + t.video * n + t.image_end, features[offsets[i]: offsets[i + 1]])
+              for i, (time, n) in enumerate(zip(inputs.frame_times[0], counts))]
+    step = max(1, len(frames) // keep)
+    return frames[::step][:keep]
+
+
+def follow_up(model, processor, summary: Summary, question: str, *, max_frames: int = 32, **options):
+    """Stream an answer to a question about a summarised video from the frames the summary
+    saw: nothing is decoded or encoded again. ``options`` as for ``stream_generate``."""
+    seen = getattr(summary, "seen", None)
+    if not seen:
+        raise ValueError("this summary kept no frames; summarise the video again (keep_per_segment > 0)")
+    chosen = seen[:: max(1, -(-len(seen) // max_frames))][:max_frames]
+    video = EncodedVideo("".join(f.replacement for f in chosen), mx.concatenate([f.features for f in chosen]),
+                         [f.time for f in chosen])
+    content = [{"type": "video", "video": video}, {"type": "text", "text": question}]
+    return stream_generate(model, processor, [{"role": "user", "content": content}], **options)
 
 
 def segment_frames(path, info, span: Span, per_segment: int):
