@@ -1,5 +1,7 @@
 """A video summary as Markdown with clickable times, and the frame shown for a clicked time."""
 
+import re
+
 from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import QDialog, QLabel, QVBoxLayout
 
@@ -10,6 +12,11 @@ def clock(seconds: float) -> str:
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
+def escape(text: str) -> str:
+    """Model text shown literally: a stray backtick or bracket must not swallow the time links."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~])", r"\\\1", " ".join(text.split()))
+
+
 def link(seconds: float) -> str:
     return f"[{clock(seconds)}](seek:{seconds:.2f})"
 
@@ -18,14 +25,14 @@ def chapters_markdown(chapters, overview: str = "", warnings=(), progress: str =
     """Chapters with their segments; every time is a ``seek:SECONDS`` link."""
     lines = []
     if overview:
-        lines += [overview, ""]
+        lines += [escape(overview), ""]
     for c in chapters:
-        lines += [f"**{link(c.start)}–{link(c.end)} {c.title}**", ""]
-        lines += [f"- {link(s.start)}–{link(s.end)} {s.text}" for s in c.segments]
+        lines += [f"**{link(c.start)}–{link(c.end)} {escape(c.title)}**", ""]
+        lines += [f"- {link(s.start)}–{link(s.end)} {escape(s.text)}" for s in c.segments]
         lines.append("")
     if progress:
         lines.append(f"*{progress}*")
-    lines += [f"> {w}" for w in warnings]
+    lines += [f"> {escape(w)}" for w in warnings]
     return "\n".join(lines)
 
 

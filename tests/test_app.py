@@ -212,3 +212,20 @@ def test_video_without_a_question_is_summarised_with_clickable_times(qtbot, home
     finally:
         video_module.iter_frames = real
     assert reason in ("stop", "length") and stats["prompt_tokens"] > 50 and not window.error
+
+
+def test_summary_times_stay_links_whatever_the_model_wrote(qtbot):
+    """Generated text with stray backticks, brackets and control bytes must not swallow the links."""
+    from types import SimpleNamespace as NS
+
+    from app.chat_view import ChatView
+    from app.summary_view import chapters_markdown
+
+    nasty = "`unclosed [bracket]( *star \x13\x06 <tts_pad> _under # hash"
+    segments = [NS(start=0.0, end=5.0, text=nasty), NS(start=5.0, end=10.0, text="fine")]
+    view = ChatView()
+    qtbot.addWidget(view)
+    view.setMarkdown(chapters_markdown([NS(start=0.0, end=10.0, title=nasty, segments=segments)], overview=nasty))
+    text = view.toPlainText()
+    assert "(seek:" not in text and text.count("0:05") == 2 and "unclosed [bracket]" in text
+    assert view.toHtml().count('href="seek:') == 6
