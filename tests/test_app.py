@@ -24,6 +24,7 @@ def open_window(qtbot, home, model=None):
     qtbot.addWidget(window)
     window.show()
     if model is not None:
+        window.settings.temperature = 0.0  # greedy: the random model's answers are the same on every run
         window.requestLoad.emit(str(model))
         qtbot.waitUntil(lambda: window.pages.currentIndex() == 1, timeout=WAIT)
     return window
