@@ -91,11 +91,10 @@ class ModelWorker(QObject):
         """Download a Hugging Face repo (progress, Cancel) and convert it to ``target``."""
         self._cancel.clear()
         try:
-            from huggingface_hub import snapshot_download
             from tqdm.auto import tqdm
 
             from mlx_minicpmv.convert import convert
-            from mlx_minicpmv.loading import ALLOW_PATTERNS, CheckpointError
+            from mlx_minicpmv.loading import resolve
 
             worker = self
 
@@ -108,13 +107,7 @@ class ModelWorker(QObject):
                         worker.download_progress.emit(int(self.n), int(self.total))
                     return out
 
-            try:
-                source = snapshot_download(repo_id, allow_patterns=ALLOW_PATTERNS, tqdm_class=Progress)
-            except Cancelled:
-                raise
-            except Exception as e:  # noqa: BLE001
-                raise CheckpointError(f"cannot download {repo_id}: the Hugging Face Hub is not reachable or the "
-                                      f"repo does not exist ({type(e).__name__}); check the connection") from None
+            source = resolve(repo_id, tqdm_class=Progress)  # offline: a CheckpointError saying so
             out = convert(source, target, force=True)
             self.load(str(out))
         except Cancelled:

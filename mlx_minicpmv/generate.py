@@ -32,7 +32,7 @@ class FeatureCache:
     a new chat) encodes nothing."""
 
     def __init__(self, size: int = FEATURE_CACHE_SIZE):
-        self.size, self.items, self.hits = size, OrderedDict(), 0
+        self.size, self.items = size, OrderedDict()
 
     @staticmethod
     def key(pixel_values, target_sizes, mode) -> str:
@@ -45,7 +45,6 @@ class FeatureCache:
             return None
         key = self.key(pixel_values, target_sizes, mode)
         if key in self.items:
-            self.hits += 1
             self.items.move_to_end(key)
             return self.items[key]
         value = model.encode_slices(pixel_values, target_sizes, mode)

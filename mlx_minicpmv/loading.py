@@ -19,9 +19,9 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, truncated or of another model."""
 
 
-def resolve(path_or_repo, allow_patterns=ALLOW_PATTERNS) -> Path:
+def resolve(path_or_repo, allow_patterns=ALLOW_PATTERNS, tqdm_class=None) -> Path:
     """A local directory as is, or a Hugging Face repo id downloaded through huggingface_hub
-    (its own progress bars and cache). Offline, one line says so."""
+    (its own progress bars, or ``tqdm_class``'s, and its cache). Offline, one line says so."""
     path = Path(path_or_repo).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -35,7 +35,7 @@ def resolve(path_or_repo, allow_patterns=ALLOW_PATTERNS) -> Path:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
-        return Path(snapshot_download(str(path_or_repo), allow_patterns=allow_patterns))
+        return Path(snapshot_download(str(path_or_repo), allow_patterns=allow_patterns, tqdm_class=tqdm_class))
     except RepositoryNotFoundError:
         raise CheckpointError(f"{path_or_repo}: no such repo on the Hugging Face Hub (or it is private)") from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
