@@ -91,7 +91,7 @@ VARIANTS = {
 def test_lower_precision_conversions_load_and_generate(tiny, tmp_path, variant):
     kwargs, mean_bound, min_corr = VARIANTS[variant]
     out = convert(str(tiny.hf_path), str(tmp_path / variant), **kwargs)
-    model, processor = load(out)
+    model, processor = load(out, compute_dtype=None)  # the stored precision, as on Metal
     config = json.loads((out / "config.json").read_text())
     if kwargs.get("quantize"):
         assert config["quantization"]["bits"] == kwargs["q_bits"]
@@ -111,3 +111,27 @@ def test_lower_precision_conversions_load_and_generate(tiny, tmp_path, variant):
     assert error.mean() < mean_bound and corr > min_corr
     tokens = [t for t, *_ in stream_tokens(model, inputs, max_tokens=8, temperature=0.0)]
     assert len(tokens) == 8
+
+
+@pytest.mark.parametrize("variant", ["bfloat16", "4-bit"])
+def test_cpu_widens_half_and_quantised_weights_to_float32(tiny, tmp_path, variant):
+    """On the CPU backend ``load`` runs every checkpoint in fp32 (its bf16 and quantised matmuls
+    are far slower): the same function as the stored precision, computed wider."""
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    from mlx_minicpmv.loading import default_compute_dtype
+
+    assert mx.default_device() == mx.cpu and default_compute_dtype() == mx.float32
+    kwargs = VARIANTS[variant][0]
+    out = convert(str(tiny.hf_path), str(tmp_path / variant), **kwargs)
+    stored, processor = load(out, compute_dtype=None)
+    widened, _ = load(out)
+    assert not any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in widened.named_modules())
+    assert {v.dtype for _, v in tree_flatten(widened.parameters())} == {mx.float32}
+    inputs = prompt(processor)
+    a = np.array(stored(inputs.input_ids).astype(mx.float32))
+    b = np.array(widened(inputs.input_ids))
+    # bf16 activations round at every layer in the stored run; the widened one keeps fp32
+    assert np.abs(a - b).max() < (0.5 if variant == "bfloat16" else 1e-3)
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.999
