@@ -14,10 +14,12 @@ import numpy as np
 from mlx_lm.models.base import create_attention_mask, create_ssm_mask
 from mlx_lm.models.cache import ArraysCache, KVCache
 from mlx_lm.models.gated_delta import normalize_qk
-from mlx_lm.models.qwen3_5 import MLP, Attention
+from mlx_lm.models.qwen3_5 import MLP as MlxLmMLP
+from mlx_lm.models.qwen3_5 import Attention
 from mlx_lm.models.qwen3_5 import GatedDeltaNet as MlxLmGatedDeltaNet
 
 from ..config import TextConfig
+from . import cpu_math
 from .gated_delta import gated_delta
 
 
@@ -48,6 +50,13 @@ class GatedAttention(Attention):
         if rope_type != "default":
             raise ValueError(f"rope type {rope_type!r} is not used by MiniCPM-V 4.6 and not supported")
         self.rope = RoPE(int(config.head_dim * config.partial_rotary_factor), config.rope_theta)
+
+
+class MLP(MlxLmMLP):
+    """mlx-lm's SwiGLU MLP, with the SiLU that is fast on the CPU (``cpu_math``)."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.down_proj(cpu_math.swiglu(self.gate_proj(x), self.up_proj(x)))
 
 
 def causal_conv(x: mx.array, weight: mx.array) -> mx.array:
@@ -81,7 +90,7 @@ class GatedDeltaNet(MlxLmGatedDeltaNet):
         conv_input = mx.concatenate([conv_state, qkv], axis=1)
         if cache is not None:
             cache[0] = mx.contiguous(conv_input[:, -(self.conv_kernel_size - 1):, :])
-        conv_out = nn.silu(causal_conv(conv_input, self.conv1d.weight))
+        conv_out = cpu_math.silu(causal_conv(conv_input, self.conv1d.weight))
         q, k, v = (
             t.reshape(B, S, h, d)
             for t, h, d in zip(
@@ -95,7 +104,11 @@ class GatedDeltaNet(MlxLmGatedDeltaNet):
         if cache is not None:
             cache[1] = state
             cache.advance(S)
-        return self.out_proj(self.norm(out, z).reshape(B, S, -1))
+        if cpu_math.fast(out):  # the gated RMSNorm, silu(z)·rms_norm(out), with the fast SiLU
+            gated = cpu_math.swiglu(z, mx.fast.rms_norm(out, self.norm.weight, self.norm.eps))
+        else:
+            gated = self.norm(out, z)
+        return self.out_proj(gated.reshape(B, S, -1))
 
 
 class DecoderLayer(nn.Module):

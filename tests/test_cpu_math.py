@@ -1,0 +1,68 @@
+"""The CPU fast exp family (model/cpu_math.py) against float64, and against MLX's own ops."""
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+from mlx_minicpmv.model import cpu_math
+
+
+def reference(name, x, y=None):
+    x = x.astype(np.float64)
+    sig = lambda v: 1 / (1 + np.exp(np.minimum(-v, 700)))
+    return {
+        "exp": lambda: np.exp(x),
+        "sigmoid": lambda: sig(x),
+        "silu": lambda: x * sig(x),
+        "swiglu": lambda: x * sig(x) * y.astype(np.float64),
+        "gelu_tanh": lambda: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))),
+    }[name]()
+
+
+def ours(name, x, y=None):
+    f = getattr(cpu_math, name)
+    return np.array(f(mx.array(x), mx.array(y)) if name == "swiglu" else f(mx.array(x)))
+
+
+@pytest.mark.parametrize("name", ["exp", "sigmoid", "silu", "swiglu", "gelu_tanh"])
+def test_matches_float64_as_closely_as_mlx(name):
+    assert cpu_math.fast(mx.zeros(1)), "the fast path is what runs on this CPU"
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((257, 129)) * 6).astype(np.float32)
+    y = rng.standard_normal(x.shape).astype(np.float32)
+    if name == "exp":
+        x = np.clip(x, -80, 80)
+    ref = reference(name, x, y)
+    scale = np.maximum(np.abs(ref), 1e-6 if name != "exp" else np.abs(ref))
+    err = (np.abs(ours(name, x, y) - ref) / scale).max()
+    mlx = {"exp": mx.exp, "sigmoid": mx.sigmoid, "silu": nn.silu, "gelu_tanh": nn.gelu_approx,
+           "swiglu": None}[name]
+    mlx_err = (np.abs(np.array(mlx(mx.array(x))) - ref) / scale).max() if mlx else 2e-6
+    assert err < max(2 * mlx_err, 2e-6), (err, mlx_err)
+
+
+@pytest.mark.parametrize("name", ["exp", "sigmoid", "silu", "gelu_tanh"])
+def test_extremes_stay_finite_and_saturate(name):
+    x = np.array([-1e4, -200, -88, -80.5, -30, 0, 30, 88, 89, 200, 1e4], np.float32)
+    out = ours(name, x)
+    assert np.isfinite(out).all(), out
+    ref = reference(name, np.clip(x, -80, 88) if name == "exp" else x)
+    np.testing.assert_allclose(out, ref, rtol=2e-6, atol=1e-30)
+
+
+def test_softmax_rows_match_float64():
+    rng = np.random.default_rng(1)
+    s = (rng.standard_normal((3, 4, 70, 70)) * 8).astype(np.float32)
+    ref = np.exp(s - s.max(-1, keepdims=True))
+    ref /= ref.sum(-1, keepdims=True)
+    err = np.abs(np.array(cpu_math.softmax(mx.array(s))) - ref).max()
+    mlx_err = np.abs(np.array(mx.softmax(mx.array(s), axis=-1, precise=True)) - ref).max()
+    assert err < max(2 * mlx_err, 5e-7), (err, mlx_err)
+
+
+def test_other_dtypes_use_mlx_ops():
+    x = mx.array(np.linspace(-5, 5, 64, dtype=np.float32)).astype(mx.bfloat16)
+    assert not cpu_math.fast(x)
+    assert cpu_math.silu(x).dtype == mx.bfloat16
+    assert mx.array_equal(cpu_math.silu(x), nn.silu(x))
