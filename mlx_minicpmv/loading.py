@@ -141,6 +141,19 @@ def widen(model: Model, dtype) -> None:
     model.set_dtype(dtype)
 
 
+def transpose_tied_head(model: Model) -> None:
+    """Hold the tied embedding as a transposed view of a (hidden, vocab) array on the CPU.
+
+    MLX's CPU matmul is always a GEMM, and for one decoded token ``h @ W.T`` over the 248k x
+    1024 head took 76 ms against 48 ms with the transposed layout (measured), a seventh of a
+    decode step. The view leaves the math and the memory as they were; embedding lookups
+    gather columns instead (6 ms for 512 tokens). The copy costs ~4 s once at load.
+    """
+    emb = model.language_model.embed_tokens
+    if model.config.text_config.tie_word_embeddings and isinstance(emb, nn.Embedding):
+        emb.weight = mx.contiguous(emb.weight.T).T
+
+
 def load_model(path, lazy: bool = False, compute_dtype="auto") -> Model:
     """A model from a local directory holding an HF or converted checkpoint.
 
@@ -160,6 +173,8 @@ def load_model(path, lazy: bool = False, compute_dtype="auto") -> Model:
         compute_dtype = default_compute_dtype()
     if compute_dtype is not None:
         widen(model, compute_dtype)
+    if mx.default_device() == mx.cpu:
+        transpose_tied_head(model)
     if not lazy:
         mx.eval(model.parameters())
     model.eval()

@@ -79,3 +79,21 @@ def test_unexpected_weights_from_another_model(broken):
     mx.save_safetensors(str(broken / "extra.safetensors"), extra)
     with pytest.raises(CheckpointError, match="unexpected weights in extra.safetensors"):
         load(broken)
+
+
+def test_cpu_layout_keeps_the_tied_embedding_values(tiny):
+    """On the CPU the tied head is held transposed (faster one-token GEMM): same values, same
+    lookups, same logits as the stored layout."""
+    import numpy as np
+
+    model, processor = tiny.load()
+    stored = mx.load(str(tiny.mlx_path / "model.safetensors"))["language_model.embed_tokens.weight"]
+    emb = model.language_model.embed_tokens
+    assert mx.array_equal(emb.weight, stored)
+    ids = mx.array([[3, 1, 4, 1, 5, 9, 2, 6]])
+    before = np.array(model(ids))
+    emb.weight = mx.contiguous(stored)
+    try:
+        np.testing.assert_allclose(np.array(model(ids)), before, atol=1e-5)
+    finally:
+        emb.weight = mx.contiguous(stored.T).T
