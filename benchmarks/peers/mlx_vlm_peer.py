@@ -1,19 +1,22 @@
-"""The same rows as bench.py, measured with mlx-vlm's MiniCPM-V 4.6 (its own converter).
+"""mlx-vlm's MiniCPM-V 4.6 on the comparison's rows (see ../measure.py), in mlx-vlm's own
+environment (compare.py makes it: the same MLX version and the same BLAS as ours).
 
-Runs inside mlx-vlm's own environment (bench_peers.py makes it); prints one JSON line per variant.
-    python mlx_vlm_peer.py HF_CHECKPOINT OUT_DIR MEDIA_DIR VARIANT [REPEATS]
+    python mlx_vlm_peer.py --model OUT/vlm-float32 --media OUT/media
+
+Times run from the files through mlx-vlm's ``stream_generate`` (its processing included, as
+ours), eos ignored while decoding.
 """
 
 import ctypes
-import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
 
-# Same BLAS as ours (see mlx_minicpmv/blas.py), loaded before mlx.core.
-if sys.platform == "linux" and os.environ.get("MLX_MINICPMV_BLAS", "") != "off":
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# The BLAS ours uses (mlx_minicpmv/blas.py), loaded the same way before mlx.core.
+if sys.platform == "linux" and os.environ.get("MLX_MINICPMV_BLAS", "").lower() != "off":
     for name in ("libopenblas.so.0", "/usr/lib/x86_64-linux-gnu/libopenblas.so.0"):
         try:
             ctypes.CDLL(name, mode=os.RTLD_NOW | os.RTLD_GLOBAL)
@@ -22,66 +25,58 @@ if sys.platform == "linux" and os.environ.get("MLX_MINICPMV_BLAS", "") != "off":
             pass
 
 import mlx.core as mx  # noqa: E402
-from mlx_vlm import apply_chat_template, convert, load, stream_generate  # noqa: E402
+import mlx_vlm.utils  # noqa: E402
+from mlx_vlm import apply_chat_template, load, stream_generate  # noqa: E402
 
-VARIANTS = {
-    "float32": dict(dtype="float32"),
-    "bfloat16": dict(dtype="bfloat16"),
-    "8bit": dict(dtype="bfloat16", quantize=True, q_bits=8, q_group_size=64),
-    "4bit": dict(dtype="bfloat16", quantize=True, q_bits=4, q_group_size=64),
-}
-TEXT = " ".join(("the quick brown fox jumps over the lazy dog and then " * 200).split()[:420])
+from measure import DECODE_PROMPT_TOKENS, DECODE_TOKENS, MEDIA, QUESTION, arguments, measure, text_ids  # noqa: E402
 
-
-def first_token_time(model, processor, prompt, **media):
-    mx.reset_peak_memory()
-    tic = time.perf_counter()
-    for r in stream_generate(model, processor, prompt, max_tokens=1, temperature=0.0, **media):
-        break
-    return time.perf_counter() - tic, mx.get_peak_memory() / 1e9, r.prompt_tokens
+# A fixed number of tokens whatever the random model samples.
+mlx_vlm.utils.StoppingCriteria.__call__ = lambda self, token: False
 
 
 def main():
-    hf, out, media, variant = sys.argv[1:5]
-    repeats = int(sys.argv[5]) if len(sys.argv) > 5 else 3
-    target = Path(out) / f"vlm-{variant}"
-    tic = time.perf_counter()
-    if not target.exists():
-        convert(hf, str(target), **VARIANTS[variant])
-    convert_s = time.perf_counter() - tic
-    model, processor = load(str(target))
-    config = model.config
-    row = {"convert_s": convert_s, "size_gb": sum(f.stat().st_size for f in target.glob("*.safetensors")) / 1e9}
+    args = arguments(__doc__.splitlines()[0])
+    model, processor = load(args.model)
+    # The random model samples ids past the tokenizer's last (the embedding is padded to
+    # 248094 rows); mlx-vlm's detokenizer would raise on them, so they decode as token 0.
+    tokenmap = getattr(processor.detokenizer, "tokenmap", None)
+    if tokenmap is not None:
+        tokenmap.extend(tokenmap[:1] * (model.config.text_config.vocab_size - len(tokenmap)))
+    media = Path(args.media)
+    ids = mx.array([text_ids(media)])
 
-    def med(fn):
-        values = [fn() for _ in range(repeats)]
-        return statistics.median(v[0] for v in values), max(v[1] for v in values)
+    def first(prompt="", **kw):
+        mx.reset_peak_memory()
+        tic = time.perf_counter()
+        for r in stream_generate(model, processor, prompt, max_tokens=1, temperature=0.0, **kw):
+            break
+        return time.perf_counter() - tic, mx.get_peak_memory() / 1e9, dict(prompt_tokens=r.prompt_tokens)
 
-    text = apply_chat_template(processor, config, TEXT, num_images=0)
-    t, peak, n = first_token_time(model, processor, text)
-    row["prefill_tokens"] = n
-    row["prefill_tps"], row["prefill_peak_gb"] = med(lambda: (lambda t, p, n: (n / t, p))(*first_token_time(model, processor, text)))
+    def prefill():
+        s, peak, info = first(input_ids=ids)
+        return info["prompt_tokens"] / s, peak, info
 
     def decode():
         mx.reset_peak_memory()
         start = None
-        for r in stream_generate(model, processor, text, max_tokens=129, temperature=0.0):
+        for r in stream_generate(model, processor, "", input_ids=ids[:, :DECODE_PROMPT_TOKENS], max_tokens=DECODE_TOKENS + 1, temperature=0.0):
             if start is None:
                 start = time.perf_counter()
-        return (r.generation_tokens - 1) / (time.perf_counter() - start), mx.get_peak_memory() / 1e9
+        return ((r.generation_tokens - 1) / (time.perf_counter() - start), mx.get_peak_memory() / 1e9,
+                dict(tokens=r.generation_tokens))
 
-    row["decode_tps"], row["decode_peak_gb"] = med(decode)
-    image_prompt = apply_chat_template(processor, config, "Describe what you see in detail.", num_images=1)
-    for name, file in (("image448", "448.png"), ("image1344", "1344.png")):
-        row[f"ttft_{name}_s"], row[f"ttft_{name}_peak_gb"] = med(
-            lambda: first_token_time(model, processor, image_prompt, image=[str(Path(media) / file)])[:2])
-    try:
-        video_prompt = apply_chat_template(processor, config, "Describe what you see in detail.", video=str(Path(media) / "v720.mp4"))
-        row["ttft_video60_s"], row["ttft_video60_peak_gb"] = med(
-            lambda: first_token_time(model, processor, video_prompt, video=[str(Path(media) / "v720.mp4")])[:2])
-    except Exception as e:  # report, do not hide: the table shows the failure
-        row["video_error"] = f"{type(e).__name__}: {str(e)[:200]}"
-    print(json.dumps({variant: row}), flush=True)
+    def with_media(row):
+        file = str(media / MEDIA[row])
+        if row == "video60":
+            prompt = apply_chat_template(processor, model.config, QUESTION, video=file)
+            return lambda: first(prompt, video=[file], fps=1.0)
+        prompt = apply_chat_template(processor, model.config, QUESTION, num_images=1)
+        return lambda: first(prompt, image=[file])
+
+    rows = {"prefill": prefill, "decode": decode, **{r: with_media(r) for r in MEDIA}}
+    for row in args.rows:
+        if row in rows:  # no follow-up row: its stream_generate caches image features only, not video
+            measure(row, rows[row], args.repeats, args.row_budget_s)
 
 
 if __name__ == "__main__":

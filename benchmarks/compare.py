@@ -1,0 +1,259 @@
+"""mlx-minicpmv against mlx-vlm and transformers, on the same machine in the same run.
+
+    python benchmarks/compare.py                     # everything (hours on a 2-core CPU)
+    python benchmarks/compare.py --variants float32 --impls ours mlx-vlm
+
+Once, it builds a full-size random checkpoint with the real config through transformers
+(compute does not depend on the weight values), makes the media, converts the checkpoint
+with each implementation's own converter, and sets up mlx-vlm in its own environment
+(benchmarks/out/venv-vlm: the same MLX version, the same BLAS). Then each implementation and
+precision runs in a process of its own (benchmarks/bench.py, peers/mlx_vlm_peer.py,
+peers/transformers_peer.py), printing each figure as it has it; a process past its time
+limit is stopped and its missing figures show as "timeout". The table prints each figure, our
+ratio to each peer (above 1: we are faster), the machine's memory bandwidth and the decode
+roofline it implies, and goes to benchmarks/out/compare.{json,md}.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from full_checkpoint import VARIANTS, build, measure_convert  # noqa: E402
+from measure import ROWS  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "out"
+VLM_VERSION = "0.7.10"
+# mlx-vlm's converter options for each precision (the same groups as ours).
+VLM_VARIANTS = {
+    "float32": dict(dtype="float32"),
+    "bfloat16": dict(dtype="bfloat16"),
+    "8bit": dict(dtype="bfloat16", quantize=True, q_bits=8, q_group_size=64),
+    "4bit": dict(dtype="bfloat16", quantize=True, q_bits=4, q_group_size=64),
+}
+# What each figure is, and whether more is better.
+FIGURES = {
+    "decode": ("decode, 128 tokens after a 16-token prompt (tokens/s)", True),
+    "prefill": ("prefill, 512-token text prompt (tokens/s)", True),
+    "image448": ("first token, 448x448 image (s)", False),
+    "image1344": ("first token, 1344x1008 image, sliced (s)", False),
+    "video60": ("first token, 60 s 720p video at 1 fps (s)", False),
+    "followup": ("first token, follow-up in that video chat (s)", False),
+}
+
+
+def make_media(media: Path, hf: Path):
+    from tests.media import make_video, noise_image
+
+    media.mkdir(parents=True, exist_ok=True)
+    if not (media / "text512.json").exists():
+        from mlx_minicpmv.processing.processor import Processor
+
+        noise_image(448, 448, seed=1).save(media / "448.png")
+        noise_image(1344, 1008, seed=2).save(media / "1344.png")
+        make_video(media / "v720.mp4", seconds=60, fps=10, width=1280, height=720, codec="libx264", scenes=(0, 1, 2))
+        words = ("the quick brown fox jumps over the lazy dog and then " * 200).split()
+        ids = Processor.from_pretrained(hf).tokenizer.encode(" ".join(words))[:512]
+        write_atomic(media / "text512.json", json.dumps(ids))
+
+
+def write_atomic(path: Path, text: str):
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def vlm_python(out: Path) -> Path:
+    """mlx-vlm's environment, made once: the MLX version ours runs, mlx-vlm pinned."""
+    import mlx.core as mx
+
+    venv = out / "venv-vlm"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        mlx = f"mlx[cpu]=={mx.__version__}" if sys.platform == "linux" else f"mlx=={mx.__version__}"
+        subprocess.run([str(python), "-m", "pip", "install", "-q", mlx, f"mlx-vlm=={VLM_VERSION}"], check=True)
+    return python
+
+
+VLM_CONVERT = """
+import sys, json
+from mlx_vlm import convert
+convert(sys.argv[1], sys.argv[2], **json.loads(sys.argv[3]))
+"""
+
+
+def convert_all(out: Path, hf: Path, variants, impls) -> dict:
+    """Each implementation's conversions (timed; skipped where already made), their sizes."""
+    stats = json.loads((out / "convert.json").read_text()) if (out / "convert.json").exists() else {}
+    for name in variants:
+        jobs = []
+        if "ours" in impls:
+            jobs.append(("ours", out / f"mlx-{name}", [sys.executable, "-m", "mlx_minicpmv.convert", "--hf-path", str(hf),
+                                                      "--mlx-path", str(out / f"mlx-{name}"), "--force", *VARIANTS[name]]))
+        if "mlx-vlm" in impls:
+            jobs.append(("mlx-vlm", out / f"vlm-{name}", [str(vlm_python(out)), "-c", VLM_CONVERT, str(hf),
+                                                          str(out / f"vlm-{name}"), json.dumps(VLM_VARIANTS[name])]))
+        for impl, target, cmd in jobs:
+            key = f"{impl}/{name}"
+            if key in stats and target.exists():
+                continue
+            tic = time.perf_counter()
+            subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+            size = sum(f.stat().st_size for f in target.glob("*.safetensors")) / 1e9
+            stats[key] = dict(convert_s=time.perf_counter() - tic, size_gb=size)
+            print(f"converted {key}: {stats[key]['convert_s']:.1f} s, {size:.2f} GB", flush=True)
+            write_atomic(out / "convert.json", json.dumps(stats, indent=2))
+    return stats
+
+
+def bandwidth_gbs() -> float:
+    """Read bandwidth with every core: the best of each core's thread summing its own quarter
+    of a 1 GB array at once (numpy releases the GIL)."""
+    import numpy as np
+
+    threads = os.cpu_count() or 1
+    parts = [np.ones(256 * 1024 * 1024 // threads, dtype=np.float32) for _ in range(threads)]
+    best = 0.0
+    for _ in range(5):
+        workers = [threading.Thread(target=p.sum) for p in parts]
+        tic = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        best = max(best, sum(p.nbytes for p in parts) / (time.perf_counter() - tic) / 1e9)
+    return best
+
+
+def lm_weight_bytes(model_dir: Path) -> int:
+    """Bytes one fp32 decode step reads: the language model's weights (the tied embedding once,
+    as the head), not the vision tower's."""
+    from mlx_minicpmv.loading import load_model
+    from mlx.utils import tree_flatten
+
+    model = load_model(model_dir, lazy=True)
+    return sum(v.nbytes for _, v in tree_flatten(model.language_model.parameters()))
+
+
+def run(cmd, timeout_s: float, label: str) -> dict:
+    """One runner: its ROW lines (printed as they come), or what it had when stopped."""
+    print(f"\n== {label}: {' '.join(str(c) for c in cmd[1:3])} ...", flush=True)
+    rows, tic = {}, time.perf_counter()
+    proc = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    err = []
+    drain = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)
+    drain.start()
+    timer = threading.Timer(timeout_s, proc.kill)
+    timer.start()
+    for line in proc.stdout:
+        if line.startswith("ROW "):
+            row = json.loads(line[4:])
+            rows[row.pop("row")] = row
+            print(f"   {label} {line[4:].strip()}", flush=True)
+    proc.wait()
+    timer.cancel()
+    if proc.returncode and time.perf_counter() - tic < timeout_s:
+        print("".join(err[-20:]), file=sys.stderr)
+    rows["_stopped"] = time.perf_counter() - tic >= timeout_s
+    rows["_seconds"] = time.perf_counter() - tic
+    return rows
+
+
+def cell(rows: dict, figure: str):
+    r = rows.get(figure)
+    if r is None:
+        return None, "timeout" if rows.get("_stopped") else "-"
+    if "error" in r:
+        return None, "error"
+    return r["value"], f"{r['value']:.2f}" + ("" if r.get("runs", 3) >= 3 else f" (n={r['runs']})")
+
+
+def table(results: dict, stats: dict, bandwidth: float, weight_bytes: int) -> str:
+    lines = [f"Memory read bandwidth {bandwidth:.1f} GB/s; an fp32 decode step reads {weight_bytes / 1e9:.2f} GB "
+             f"of weights, so the fp32 decode roofline is {bandwidth * 1e9 / weight_bytes:.2f} tokens/s.", ""]
+    for variant, impls in results.items():
+        peers = [p for p in ("mlx-vlm", "transformers") if p in impls]
+        head = ["figure", "ours", "ours peak GB"] + sum(([p, f"{p} peak GB", f"ours vs {p}"] for p in peers), [])
+        lines += [f"### {variant}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for figure, (label, more_is_better) in FIGURES.items():
+            ours, ours_text = cell(impls.get("ours", {}), figure)
+            row = [label, ours_text, _peak(impls.get("ours", {}), figure)]
+            for p in peers:
+                value, text = cell(impls[p], figure)
+                ratio = "" if ours is None or value is None else f"{(ours / value if more_is_better else value / ours):.2f}x"
+                row += [text, _peak(impls[p], figure), ratio]
+            lines.append("| " + " | ".join(row) + " |")
+        conv = [f"{impl}: convert {s['convert_s']:.1f} s, {s['size_gb']:.2f} GB on disk"
+                for impl in ("ours", "mlx-vlm") if (s := stats.get(f"{impl}/{variant}"))]
+        if "ours" in impls and "decode" in impls["ours"] and variant == "float32":
+            share = impls["ours"]["decode"]["value"] / (bandwidth * 1e9 / weight_bytes)
+            conv.append(f"fp32 decode at {100 * share:.0f}% of the roofline")
+        lines += ["", "; ".join(conv), ""]
+    return "\n".join(lines)
+
+
+def _peak(rows, figure):
+    r = rows.get(figure) or {}
+    return f"{r['peak_gb']:.2f}" if "peak_gb" in r else ""
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    parser.add_argument("--impls", nargs="*", default=["ours", "mlx-vlm", "transformers"])
+    parser.add_argument("--rows", nargs="*", default=list(ROWS))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--row-budget-s", type=float, default=60.0,
+                        help="a row is not repeated once its runs took this long (then n < 3 is shown)")
+    parser.add_argument("--timeout-s", type=float, default=1200.0, help="time limit of one runner")
+    parser.add_argument("--peer-variant-timeout-s", type=float, default=480.0,
+                        help="time limit of a peer at a precision other than float32")
+    parser.add_argument("--video-variants", nargs="*", default=["float32"],
+                        help="precisions that run the video and follow-up rows")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    hf = build(out)
+    media = out / "media"
+    make_media(media, hf)
+    stats = convert_all(out, hf, args.variants, args.impls)
+    bandwidth = bandwidth_gbs()
+    weight_bytes = lm_weight_bytes(out / f"mlx-{args.variants[0]}")
+    print(f"memory bandwidth {bandwidth:.1f} GB/s, {weight_bytes / 1e9:.2f} GB read per decoded token", flush=True)
+
+    results = {}
+    for variant in args.variants:
+        rows = [r for r in args.rows if variant in args.video_variants or r not in ("video60", "followup")]
+        common = ["--media", media, "--rows", *rows, "--repeats", args.repeats, "--row-budget-s", args.row_budget_s]
+        timeout = args.timeout_s if variant == "float32" else args.peer_variant_timeout_s
+        impls = {}
+        if "ours" in args.impls:
+            impls["ours"] = run([sys.executable, ROOT / "benchmarks" / "bench.py", "--model", out / f"mlx-{variant}", *common],
+                                args.timeout_s, f"ours {variant}")
+        if "mlx-vlm" in args.impls:
+            impls["mlx-vlm"] = run([vlm_python(out), ROOT / "benchmarks" / "peers" / "mlx_vlm_peer.py", "--model",
+                                    out / f"vlm-{variant}", *common], timeout, f"mlx-vlm {variant}")
+        if "transformers" in args.impls and variant in ("float32", "bfloat16"):
+            impls["transformers"] = run([sys.executable, ROOT / "benchmarks" / "peers" / "transformers_peer.py",
+                                         "--model", hf, "--dtype", variant, *common], timeout, f"transformers {variant}")
+        results[variant] = impls
+        write_atomic(out / "compare.json", json.dumps(dict(bandwidth_gbs=bandwidth, weight_bytes=weight_bytes,
+                                                           convert=stats, results=results), indent=2))
+    text = table(results, stats, bandwidth, weight_bytes)
+    write_atomic(out / "compare.md", text + "\n")
+    print("\n" + text)
+
+
+if __name__ == "__main__":
+    main()
