@@ -3,9 +3,9 @@
 Every step of the tower is per slice: the patch and position embeddings, the per-slice
 bidirectional attention and the window merger. So instead of one long packed sequence with
 a block-diagonal mask, slices of the same patch grid are stacked into a batch and run
-together: attention needs no mask, and a video's frames (all one size) go through in one
-pass. ``VisionTower.__call__`` works on such a batch; ``encode_slices`` in ``minicpmv.py``
-does the grouping.
+together: attention needs no mask, and on a GPU a video's frames (all one size) go through
+in a few passes. ``VisionTower.__call__`` works on such a batch; ``encode_slices`` in
+``minicpmv.py`` does the grouping (and on the CPU runs one slice at a time).
 """
 
 
