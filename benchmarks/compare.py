@@ -144,7 +144,7 @@ def lm_weight_bytes(model_dir: Path) -> int:
     return sum(v.nbytes for _, v in tree_flatten(model.language_model.parameters()))
 
 
-def run(cmd, timeout_s: float, label: str) -> dict:
+def run(cmd, timeout_s: float, label: str, asked) -> dict:
     """One runner: its ROW lines (printed as they come), or what it had when stopped."""
     print(f"\n== {label}: {' '.join(str(c) for c in cmd[1:3])} ...", flush=True)
     rows, tic = {}, time.perf_counter()
@@ -165,14 +165,15 @@ def run(cmd, timeout_s: float, label: str) -> dict:
     if proc.returncode and time.perf_counter() - tic < timeout_s:
         print("".join(err[-20:]), file=sys.stderr)
     rows["_stopped"] = time.perf_counter() - tic >= timeout_s
+    rows["_asked"] = asked
     rows["_seconds"] = time.perf_counter() - tic
     return rows
 
 
 def cell(rows: dict, figure: str):
     r = rows.get(figure)
-    if r is None:
-        return None, "timeout" if rows.get("_stopped") else "-"
+    if r is None:  # stopped before it, or not asked of this runner (or not measured by it)
+        return None, "timeout" if rows.get("_stopped") and figure in rows.get("_asked", ()) else "-"
     if "error" in r:
         return None, "error"
     return r["value"], f"{r['value']:.2f}" + ("" if r.get("runs", 3) >= 3 else f" (n={r['runs']})")
@@ -221,8 +222,13 @@ def main():
                         help="time limit of a peer at a precision other than float32")
     parser.add_argument("--video-variants", nargs="*", default=["float32"],
                         help="precisions that run the video and follow-up rows")
+    parser.add_argument("--table-only", action="store_true", help="print the table of the last run again")
     args = parser.parse_args()
     out = Path(args.out)
+    if args.table_only:
+        last = json.loads((out / "compare.json").read_text())
+        print(table(last["results"], last["convert"], last["bandwidth_gbs"], last["weight_bytes"]))
+        return
     out.mkdir(parents=True, exist_ok=True)
     hf = build(out)
     media = out / "media"
@@ -240,13 +246,15 @@ def main():
         impls = {}
         if "ours" in args.impls:
             impls["ours"] = run([sys.executable, ROOT / "benchmarks" / "bench.py", "--model", out / f"mlx-{variant}", *common],
-                                args.timeout_s, f"ours {variant}")
+                                args.timeout_s, f"ours {variant}", rows)
         if "mlx-vlm" in args.impls:
             impls["mlx-vlm"] = run([vlm_python(out), ROOT / "benchmarks" / "peers" / "mlx_vlm_peer.py", "--model",
-                                    out / f"vlm-{variant}", *common], timeout, f"mlx-vlm {variant}")
+                                    out / f"vlm-{variant}", *common], timeout, f"mlx-vlm {variant}",
+                                   [r for r in rows if r != "followup"])
         if "transformers" in args.impls and variant in ("float32", "bfloat16"):
             impls["transformers"] = run([sys.executable, ROOT / "benchmarks" / "peers" / "transformers_peer.py",
-                                         "--model", hf, "--dtype", variant, *common], timeout, f"transformers {variant}")
+                                         "--model", hf, "--dtype", variant, *common], timeout, f"transformers {variant}",
+                                         [r for r in rows if r != "followup"])
         results[variant] = impls
         write_atomic(out / "compare.json", json.dumps(dict(bandwidth_gbs=bandwidth, weight_bytes=weight_bytes,
                                                            convert=stats, results=results), indent=2))
