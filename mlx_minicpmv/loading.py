@@ -124,7 +124,7 @@ def check_weights(model: Model, weights: Dict[str, mx.array], origin: Dict[str, 
 def default_compute_dtype():
     """float32 where MLX runs on the CPU, else the stored precision.
 
-    MLX's CPU backend multiplies bf16/fp16 matrices ~34x and quantised ones ~600x slower than
+    MLX's CPU backend multiplies bf16 matrices ~34x and quantised ones ~700x slower than
     fp32 (measured on the CI machine: 7.5 and 0.35 against 257 GFLOP/s), so there a half-precision or
     quantised checkpoint is widened once at load, at the memory cost of fp32 weights. On Metal
     (and CUDA) the stored precision runs as is.
