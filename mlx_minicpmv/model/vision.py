@@ -58,7 +58,7 @@ class Attention(nn.Module):
             # On the CPU, one head at a time: a head's L x L scores (4 MB for a 1024-patch
             # slice) stay in cache through softmax and the product with v, where all heads' at
             # once stream 64 MB through memory each pass (104 ms against SDPA's 224 ms a layer)
-            # The merger's 2x2 windows (L = 4) stay on SDPA (55 ms a tower; a broadcast-multiply form took 66).
+            # The merger's 2x2 windows (L = 4) stay on SDPA (55 ms for a 1024-patch slice; a broadcast-multiply form took 66).
             o = mx.concatenate([
                 cpu_math.softmax((q[:, h : h + 1] * self.scale) @ k[:, h : h + 1].swapaxes(-1, -2)) @ v[:, h : h + 1]
                 for h in range(self.num_heads)
