@@ -66,3 +66,14 @@ def test_other_dtypes_use_mlx_ops():
     assert not cpu_math.fast(x)
     assert cpu_math.silu(x).dtype == mx.bfloat16
     assert mx.array_equal(cpu_math.silu(x), nn.silu(x))
+
+
+@pytest.mark.parametrize("L, S", [(9, 9), (5, 17)])  # a prefill, and a follow-up turn's chunk after 12 cached
+def test_causal_attention_matches_mlx_sdpa(L, S):
+    from mlx_minicpmv.model.language import causal_attention
+
+    q = mx.random.normal((1, 8, L, 32), key=mx.random.key(0))
+    k, v = (mx.random.normal((1, 2, S, 32), key=mx.random.key(i)) for i in (1, 2))
+    visible = mx.arange(S)[None] <= mx.arange(S - L, S)[:, None]
+    expected = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.17, mask=visible)
+    np.testing.assert_allclose(np.array(causal_attention(q, k, v, 0.17)), np.array(expected), atol=1e-5)

@@ -12,7 +12,7 @@ from typing import List, Optional
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx_lm.models.base import create_attention_mask, create_ssm_mask
+from mlx_lm.models.base import create_attention_mask, create_ssm_mask, scaled_dot_product_attention
 from mlx_lm.models.cache import ArraysCache, KVCache
 from mlx_lm.models.gated_delta import normalize_qk
 from mlx_lm.models.qwen3_5 import MLP as MlxLmMLP
@@ -51,6 +51,40 @@ class GatedAttention(Attention):
         if rope_type != "default":
             raise ValueError(f"rope type {rope_type!r} is not used by MiniCPM-V 4.6 and not supported")
         self.rope = RoPE(int(config.head_dim * config.partial_rotary_factor), config.rope_theta)
+
+    def __call__(self, x: mx.array, mask=None, cache=None) -> mx.array:
+        """mlx-lm's forward, repeated so that on the CPU the gate's sigmoid and a prefill's
+        softmax are ``cpu_math``'s: MLX's scalar ones were 25 and ~10 of ~110 ms per layer for
+        512 tokens (measured; 4 and 1.5 ms here)."""
+        B, L, _ = x.shape
+        queries, gate = mx.split(self.q_proj(x).reshape(B, L, self.num_attention_heads, -1), 2, axis=-1)
+        gate = gate.reshape(B, L, -1)
+        keys, values = self.k_proj(x), self.v_proj(x)
+        queries = self.q_norm(queries).transpose(0, 2, 1, 3)
+        keys = self.k_norm(keys.reshape(B, L, self.num_key_value_heads, -1)).transpose(0, 2, 1, 3)
+        values = values.reshape(B, L, self.num_key_value_heads, -1).transpose(0, 2, 1, 3)
+        offset = cache.offset if cache is not None else 0
+        queries, keys = self.rope(queries, offset=offset), self.rope(keys, offset=offset)
+        if cache is not None:
+            keys, values = cache.update_and_fetch(keys, values)
+        if isinstance(mask, str) and mask == "causal" and L > 1 and cpu_math.fast(queries):
+            output = causal_attention(queries, keys, values, self.scale)
+        else:
+            output = scaled_dot_product_attention(queries, keys, values, cache=cache, scale=self.scale, mask=mask)
+        output = output.transpose(0, 2, 1, 3).reshape(B, L, -1)
+        return self.o_proj(output * cpu_math.sigmoid(gate))
+
+
+def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
+    """Causal GQA attention with ``cpu_math.softmax``; q (B, Hq, L, D), k and v (B, Hkv, S, D)
+    with the L queries the last of the S positions. The query heads that share a kv head are
+    stacked into one matmul, as MLX's own CPU fallback for SDPA does."""
+    B, Hq, L, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    scores = ((q * scale).reshape(B, Hkv, Hq // Hkv * L, D) @ k.swapaxes(-1, -2)).reshape(B, Hkv, Hq // Hkv, L, S)
+    visible = mx.arange(S)[None] <= mx.arange(S - L, S)[:, None]
+    probs = cpu_math.softmax(mx.where(visible, scores, -mx.inf), axis=-1)
+    return (probs.reshape(B, Hkv, Hq // Hkv * L, S) @ v).reshape(B, Hq, L, v.shape[-1])
 
 
 class MLP(MlxLmMLP):
