@@ -11,6 +11,8 @@ the two against each other.
 import mlx.core as mx
 from mlx_lm.models.gated_delta import gated_delta_update
 
+from . import cpu_math
+
 CHUNK = 64
 
 
@@ -40,7 +42,8 @@ def chunked_gated_delta(q, k, v, g, beta, state=None, chunk: int = CHUNK):
 
     gamma = mx.cumsum(log_g, axis=-1)  # within each chunk
     causal = mx.tril(mx.ones((chunk, chunk), dtype=mx.bool_))
-    decay = mx.where(causal, mx.exp(mx.where(causal, gamma[..., :, None] - gamma[..., None, :], 0)), 0)
+    # cpu_math.exp over these (B, H, N, 64, 64): the whole rule at 511 tokens 34.7 -> 32.7 ms (A/B)
+    decay = mx.where(causal, cpu_math.exp(mx.where(causal, gamma[..., :, None] - gamma[..., None, :], 0)), 0)
     k_beta, v_beta = k * beta[..., None], v * beta[..., None]
     strictly = mx.tril(mx.ones((chunk, chunk), dtype=mx.bool_), k=-1)
     lower = mx.where(strictly, (k_beta @ k.swapaxes(-1, -2)) * decay, 0)
