@@ -54,8 +54,8 @@ class GatedAttention(Attention):
 
     def __call__(self, x: mx.array, mask=None, cache=None) -> mx.array:
         """mlx-lm's forward, repeated so that on the CPU the gate's sigmoid and a prefill's
-        softmax are ``cpu_math``'s: MLX's scalar ones were 25 and ~10 of ~110 ms per layer for
-        512 tokens (measured; 4 and 1.5 ms here)."""
+        softmax are ``cpu_math``'s. Measured for 512 tokens: MLX's sigmoid 25 ms against 4, its
+        CPU SDPA 50 ms against 41 for ``causal_attention``; the 6 layers 750 -> 510 ms."""
         B, L, _ = x.shape
         queries, gate = mx.split(self.q_proj(x).reshape(B, L, self.num_attention_heads, -1), 2, axis=-1)
         gate = gate.reshape(B, L, -1)
@@ -78,7 +78,7 @@ class GatedAttention(Attention):
 def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
     """Causal GQA attention with ``cpu_math.softmax``; q (B, Hq, L, D), k and v (B, Hkv, S, D)
     with the L queries the last of the S positions. The query heads that share a kv head are
-    stacked into one matmul, as MLX's own CPU fallback for SDPA does."""
+    stacked into one matmul against it."""
     B, Hq, L, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     scores = ((q * scale).reshape(B, Hkv, Hq // Hkv * L, D) @ k.swapaxes(-1, -2)).reshape(B, Hkv, Hq // Hkv, L, S)
