@@ -31,12 +31,15 @@ def load():
         return loaded
     if "mlx.core" in sys.modules:
         return None  # too late: mlx already bound the bundled BLAS
-    names = [ctypes.util.find_library("openblas"), *CANDIDATES]
-    for name in filter(None, names):
+    loaded, _ = open_library(os.RTLD_NOW | os.RTLD_GLOBAL)
+    return loaded
+
+
+def open_library(mode=os.RTLD_NOW):
+    """``(path, ctypes.CDLL)`` of the first OpenBLAS that opens, or ``(None, None)``."""
+    for name in filter(None, [ctypes.util.find_library("openblas"), *CANDIDATES]):
         try:
-            ctypes.CDLL(name, mode=os.RTLD_NOW | os.RTLD_GLOBAL)
+            return name, ctypes.CDLL(name, mode=mode)
         except OSError:
             continue
-        loaded = name
-        return loaded
-    return None
+    return None, None

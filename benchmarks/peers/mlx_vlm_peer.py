@@ -7,22 +7,24 @@ Times run from the files through mlx-vlm's ``stream_generate`` (its processing i
 ours), eos ignored while decoding.
 """
 
-import ctypes
-import os
+import importlib.util
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# The BLAS ours uses (mlx_minicpmv/blas.py), loaded the same way before mlx.core.
-if sys.platform == "linux" and os.environ.get("MLX_MINICPMV_BLAS", "").lower() != "off":
-    for name in ("libopenblas.so.0", "/usr/lib/x86_64-linux-gnu/libopenblas.so.0"):
-        try:
-            ctypes.CDLL(name, mode=os.RTLD_NOW | os.RTLD_GLOBAL)
-            break
-        except OSError:
-            pass
+
+def _load_our_blas():
+    """The BLAS ours uses, by mlx_minicpmv/blas.py itself (standard library only; importing the
+    package would need ours installed here), before mlx.core."""
+    spec = importlib.util.spec_from_file_location("blas", Path(__file__).resolve().parents[2] / "mlx_minicpmv" / "blas.py")
+    blas = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(blas)
+    blas.load()
+
+
+_load_our_blas()
 
 import mlx.core as mx  # noqa: E402
 import mlx_vlm.utils  # noqa: E402

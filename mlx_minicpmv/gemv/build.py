@@ -2,7 +2,7 @@
 
 The build must match the running MLX exactly (its C++ ABI and the nanobind domain mx.array is
 registered in), so it happens here against the installed wheels rather than when this package
-is installed, where pip's isolated build environment could hold another MLX. It takes ~20 s
+is installed, where pip's isolated build environment could hold another MLX. It takes ~15 s
 once; the result is cached under ``$MLX_MINICPMV_CACHE`` (default ``~/.cache/mlx_minicpmv``),
 keyed by the sources and versions, and moved into place atomically so that two processes
 building at once both end with a complete file.
@@ -78,7 +78,7 @@ def build(target: Path, nanobind) -> None:
                 shutil.copyfile(log, kept)
                 raise BuildError(f"building the GEMV extension failed (log: {kept}); "
                                  "a C++20 compiler and cmake >= 3.15 are needed")
-        built = next(Path(tmp).glob(f"{NAME}*{Path(target).suffix}"), None)
+        built = next(Path(tmp).glob(f"{NAME}*{target.suffix}"), None)
         if built is None:
             raise BuildError(f"the GEMV build made no {NAME} module (in {tmp})")
         staged = target.with_name(f".{target.name}.{os.getpid()}")

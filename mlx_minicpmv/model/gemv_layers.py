@@ -34,19 +34,15 @@ class GemvEmbedding(nn.Embedding):
 def use_gemv(module: nn.Module) -> int:
     """Swap ``module``'s float32 ``nn.Linear`` and ``nn.Embedding`` layers for the GEMV ones,
     sharing their weights; returns how many. Nothing is swapped where the extension is unavailable."""
-    if gemv.load() is None:
+    layers = [(name, layer) for name, layer in module.named_modules()
+              if type(layer) in (nn.Linear, nn.Embedding) and layer.weight.dtype == mx.float32]
+    if not layers or gemv.load() is None:  # nothing to build the extension for, or no extension
         return 0
     swaps = []
-    for name, layer in module.named_modules():
-        if type(layer) is nn.Linear and layer.weight.dtype == mx.float32:
-            new = GemvLinear(1, 1, bias="bias" in layer)
-        elif type(layer) is nn.Embedding and layer.weight.dtype == mx.float32:
-            new = GemvEmbedding(1, 1)
-        else:
-            continue
+    for name, layer in layers:
+        new = GemvLinear(1, 1, bias="bias" in layer) if type(layer) is nn.Linear else GemvEmbedding(1, 1)
         new.update(layer.parameters())
         swaps.append((name, new))
-    if swaps:
-        module.update_modules(tree_unflatten(swaps))
+    module.update_modules(tree_unflatten(swaps))
     return len(swaps)
 
