@@ -2,7 +2,11 @@
 
 import sys
 
-from mlx_minicpmv.convert import main
+try:
+    from mlx_minicpmv.convert import main
+except KeyboardInterrupt:  # Ctrl-C while MLX and the tokenizer libraries load: nothing was written
+    print("\ninterrupted; nothing was written", file=sys.stderr)
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,6 +17,7 @@ class Settings:
     max_frames: int = 64
     fps: float = 1.0
     system_prompt: str = ""
+    appearance: str = "system"  # "system", "light" or "dark"
 
     def generation_options(self) -> dict:
         return dict(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,

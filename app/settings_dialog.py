@@ -7,6 +7,8 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, 
 
 from .settings import Settings
 
+APPEARANCES = ("system", "light", "dark")
+
 
 class SettingsDialog(QDialog):
     def __init__(self, settings: Settings, parent=None):
@@ -25,7 +27,13 @@ class SettingsDialog(QDialog):
         self.frames = QSpinBox(minimum=1, maximum=512, value=settings.max_frames)
         self.fps = QDoubleSpinBox(minimum=0.1, maximum=10.0, singleStep=0.5, value=settings.fps)
         self.system = QPlainTextEdit(settings.system_prompt)
+        self.system.setFixedHeight(90)
+        self.appearance = QComboBox()
+        self.appearance.addItems(["Follow the system", "Light", "Dark"])
+        self.appearance.setCurrentIndex(APPEARANCES.index(settings.appearance) if settings.appearance in APPEARANCES else 0)
         form = QFormLayout(self)
+        form.setContentsMargins(20, 20, 20, 16)
+        form.setSpacing(10)
         form.addRow("Max tokens", self.max_tokens)
         form.addRow("Temperature", self.temperature)
         form.addRow("Top-p", self.top_p)
@@ -35,7 +43,14 @@ class SettingsDialog(QDialog):
         form.addRow("Video frames (at most)", self.frames)
         form.addRow("Video frames per second", self.fps)
         form.addRow("System prompt", self.system)
-        buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
+        form.addRow("Appearance", self.appearance)
+        for label, widget in (("Max tokens", self.max_tokens), ("Temperature", self.temperature), ("Top-p", self.top_p),
+                              ("Thinking", self.thinking), ("Image detail", self.detail),
+                              ("Max slices per image", self.slices), ("Video frames (at most)", self.frames),
+                              ("Video frames per second", self.fps), ("System prompt", self.system),
+                              ("Appearance", self.appearance)):
+            widget.setAccessibleName(label)
+        self.buttons = buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         form.addRow(buttons)
@@ -45,4 +60,5 @@ class SettingsDialog(QDialog):
                        top_p=self.top_p.value(), thinking=self.thinking.isChecked(),
                        downsample_mode="4x" if self.detail.currentIndex() == 1 else "16x",
                        max_slice_nums=self.slices.value(), max_frames=self.frames.value(), fps=self.fps.value(),
-                       system_prompt=self.system.toPlainText().strip())
+                       system_prompt=self.system.toPlainText().strip(),
+                       appearance=APPEARANCES[self.appearance.currentIndex()])

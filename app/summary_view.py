@@ -22,13 +22,14 @@ def link(seconds: float) -> str:
 
 
 def chapters_markdown(chapters, overview: str = "", warnings=(), progress: str = "") -> str:
-    """Chapters with their segments; every time is a ``seek:SECONDS`` link."""
+    """Chapters (dicts, as ``dataclasses.asdict`` gives them) with their segments; every time is a
+    ``seek:SECONDS`` link."""
     lines = []
     if overview:
         lines += [escape(overview), ""]
     for c in chapters:
-        lines += [f"**{link(c.start)}–{link(c.end)} {escape(c.title)}**", ""]
-        lines += [f"- {link(s.start)}–{link(s.end)} {escape(s.text)}" for s in c.segments]
+        lines += [f"**{link(c['start'])}–{link(c['end'])} {escape(c['title'])}**", ""]
+        lines += [f"- {link(s['start'])}–{link(s['end'])} {escape(s['text'])}" for s in c["segments"]]
         lines.append("")
     if progress:
         lines.append(f"*{progress}*")

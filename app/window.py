@@ -1,23 +1,32 @@
-"""The main window: history sidebar, conversation, composer, status bar. No MLX here: all model
-work goes to ``ModelWorker`` on its own thread, through signals."""
+"""The main window: chats on the left, the conversation and the composer on the right, the model
+in the header. No MLX here: all model work goes to ``ModelWorker`` on its own thread, through
+signals."""
 
 import os
+import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
 from PySide6.QtCore import QSettings, QStandardPaths, Qt, QThread, Signal
 from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
-from PySide6.QtWidgets import (QLabel, QLineEdit, QListWidget, QListWidgetItem, QMainWindow, QProgressBar,
-                               QPushButton, QSplitter, QStackedWidget, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import QFileDialog, QInputDialog, QMainWindow, QSplitter, QStackedWidget, QVBoxLayout, QWidget
 
 from .chat_view import ChatView
-from .composer import Composer
-from .history import Conversation, History, Message
+from .composer import FILE_FILTER, Composer
+from .drop_area import DropArea
+from .header import Header
+from .history import Attachment, Conversation, DamagedFile, History, Message
+from .image_view import ImageDialog
+from .markdown import readable, split_thinking
+from .model_finder import find_models
 from .model_picker import ModelPicker
 from .settings import load_settings, save_settings
 from .settings_dialog import SettingsDialog
+from .sidebar import ID_ROLE, Sidebar
 from .summary_view import FrameViewer, chapters_markdown, clock
-from .worker import GenerateRequest, ModelWorker
+from .theme import Theme
+from .worker import GenerateRequest, ModelWorker, grounding_prompt
 
 
 def app_home() -> Path:
@@ -34,89 +43,121 @@ class MainWindow(QMainWindow):
     requestPreview = Signal(str, int, float)
     requestSummary = Signal(str, str, dict)
     requestFrame = Signal(str, float)
+    requestChapterFrames = Signal(str, list)
     requestExport = Signal(object, str)
 
-    def __init__(self, home: Optional[Path] = None):
+    def __init__(self, home: Optional[Path] = None, files=(), model: Optional[str] = None):
         super().__init__()
         self.setWindowTitle("MiniCPM-V")
-        self.resize(1100, 760)
+        self.resize(1180, 800)
+        self.setMinimumSize(760, 520)
         self.home = Path(home or app_home())
         self.store = QSettings(str(self.home / "settings.ini"), QSettings.IniFormat)
         self.settings = load_settings(self.store)
         self.history = History(self.home / "conversations")
         self.conversation = Conversation()
-        self.streaming: Optional[str] = None
+        self.streaming: Optional[Message] = None  # the answer being written
+        self.started = 0.0
         self.error = ""
-        self.summary = None  # the last finished video summary, for export and timestamps
+        self.summary = None  # the last finished video summary, for export
         self.summary_video = ""
         self.summary_chapters = []
+        self.model_info = {}  # what the worker said of the loaded model: path, name, precision, memory
+        self.thumbnails = {}  # video path -> chapter frames already decoded
+        self.theme = Theme(self.settings.appearance)
 
-        # widgets
-        self.search = QLineEdit(placeholderText="Search chats")
-        self.chats = QListWidget()
-        self.new_button = QPushButton("New chat")
-        self.delete_button = QPushButton("Delete")
-        sidebar = QWidget()
-        side = QVBoxLayout(sidebar)
-        side.addWidget(self.new_button)
-        side.addWidget(self.search)
-        side.addWidget(self.chats)
-        side.addWidget(self.delete_button)
+        self.sidebar = Sidebar()
+        self.header = Header()
         self.view = ChatView()
         self.composer = Composer()
         chat = QWidget()
+        chat.setObjectName("chat")
         column = QVBoxLayout(chat)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(0)
+        column.addWidget(self.header)
         column.addWidget(self.view, 1)
-        column.addWidget(self.composer)
+        holder = QWidget()
+        holder.setMaximumWidth(820)
+        bottom = QVBoxLayout(holder)
+        bottom.setContentsMargins(24, 6, 24, 18)
+        bottom.addWidget(self.composer)
+        column.addWidget(holder, 0, Qt.AlignHCenter)
+        holder.setMinimumWidth(560)
         self.picker = ModelPicker()
         self.pages = QStackedWidget()
         self.pages.addWidget(self.picker)
         self.pages.addWidget(chat)
         splitter = QSplitter()
-        splitter.addWidget(sidebar)
+        splitter.addWidget(self.sidebar)
         splitter.addWidget(self.pages)
-        splitter.setSizes([250, 850])
-        self.setCentralWidget(splitter)
-        self.speed = QLabel("")
-        self.progress = QProgressBar(maximumWidth=200)
-        self.progress.hide()
-        self.statusBar().addPermanentWidget(self.progress)
-        self.statusBar().addPermanentWidget(self.speed)
+        splitter.setStretchFactor(1, 1)
+        splitter.setSizes([250, 930])
+        splitter.setHandleWidth(1)
+        self.drop_area = DropArea()
+        inside = QVBoxLayout(self.drop_area)
+        inside.setContentsMargins(0, 0, 0, 0)
+        inside.addWidget(splitter)
+        self.setCentralWidget(self.drop_area)
+        self.viewer = FrameViewer(self)
         self.make_actions()
 
-        # the worker, on one long-lived thread
         self.thread = QThread(self)
         self.worker = ModelWorker()
         self.worker.moveToThread(self.thread)
         # Qt's worker-object pattern: the worker is deleted on its own thread as that thread
         # ends, never later from another one (a stray deferred delete crashed a later event loop).
         self.thread.finished.connect(self.worker.deleteLater)
-        self.requestLoad.connect(self.worker.load)
-        self.requestDownload.connect(self.worker.download_and_convert)
-        self.requestGenerate.connect(self.worker.generate)
-        self.requestPreview.connect(self.worker.preview_video)
-        self.requestSummary.connect(self.worker.summarise)
-        self.requestFrame.connect(self.worker.frame_at)
-        self.requestExport.connect(self.worker.export_summary)
-        self.worker.exported.connect(lambda p: self.statusBar().showMessage(f"Exported {p}", 5000))
-        self.worker.summary_progress.connect(self.on_summary_progress)
-        self.worker.summary_chapter.connect(self.on_summary_chapter)
-        self.worker.summary_done.connect(self.on_summary_done)
-        self.viewer = FrameViewer(self)
-        self.worker.frame_ready.connect(self.viewer.show_frame)
-        self.view.linkActivated.connect(self.on_link)
-        self.worker.loading.connect(lambda p: self.picker.set_busy(f"Loading {p}…"))
-        self.worker.loaded.connect(self.on_loaded)
-        self.worker.download_progress.connect(self.picker.set_progress)
-        self.worker.prompt_progress.connect(self.on_prompt_progress)
-        self.worker.text.connect(self.on_text)
-        self.worker.done.connect(self.on_done)
-        self.worker.failed.connect(self.on_failed)
-        self.worker.frames.connect(self.composer.show_frames)
-        self.thread.start()
+        self.connect_worker()
+        self.connect_widgets()
+        self.theme.changed.connect(self.restyle)
+        self.theme.apply()
 
+        self.refresh_chats()
+        self.report_damaged()
+        self.refresh_models()
+        self.render()
+        self.thread.start()  # last: nothing above may fail with the thread running
+        model = model or (self.settings.model_path if self.settings.model_path and
+                          Path(self.settings.model_path).exists() else None)
+        if model:
+            self.requestLoad.emit(model)
+        self.open_files(files)
+        self.composer.edit.setFocus()
+
+    # -- wiring ---------------------------------------------------------------------------------
+    def connect_worker(self):
+        w = self.worker
+        self.requestLoad.connect(w.load)
+        self.requestDownload.connect(w.download_and_convert)
+        self.requestGenerate.connect(w.generate)
+        self.requestPreview.connect(w.preview_video)
+        self.requestSummary.connect(w.summarise)
+        self.requestFrame.connect(w.frame_at)
+        self.requestChapterFrames.connect(w.chapter_frames)
+        self.requestExport.connect(w.export_summary)
+        # Worker signals go to this window's own methods, never to a lambda: a lambda has no
+        # receiver object, so PySide calls it on the emitting (worker) thread, and a widget
+        # touched from there crashes Qt (a segfault in CI).
+        w.exported.connect(self.on_exported)
+        w.summary_progress.connect(self.on_summary_progress)
+        w.summary_chapter.connect(self.on_summary_chapter)
+        w.summary_done.connect(self.on_summary_done)
+        w.frame_ready.connect(self.viewer.show_frame)
+        w.thumbnails.connect(self.on_thumbnails)
+        w.loading.connect(self.on_loading)
+        w.loaded.connect(self.on_loaded)
+        w.download_progress.connect(self.picker.set_progress)
+        w.prompt_progress.connect(self.header.set_prompt_progress)
+        w.text.connect(self.on_text)
+        w.done.connect(self.on_done)
+        w.failed.connect(self.on_failed)
+        w.frames.connect(self.on_frames)
+
+    def connect_widgets(self):
         self.picker.folderChosen.connect(self.requestLoad)
         self.picker.downloadRequested.connect(self.download)
+        self.picker.backRequested.connect(lambda: self.pages.setCurrentIndex(1))
         # Cancel must run now, on this thread: a queued call would wait behind the very job it
         # is meant to stop (the worker's event loop is busy running it).
         self.picker.cancelRequested.connect(self.worker.cancel, Qt.DirectConnection)
@@ -126,45 +167,97 @@ class MainWindow(QMainWindow):
         self.composer.videoAttached.connect(
             lambda p: self.requestPreview.emit(p, self.settings.max_frames, self.settings.fps))
         self.composer.rejected.connect(self.show_error)
-        self.new_button.clicked.connect(self.new_chat)
-        self.delete_button.clicked.connect(self.delete_chat)
-        self.search.textChanged.connect(self.refresh_chats)
-        self.chats.currentItemChanged.connect(self.open_selected)
-
-        self.refresh_chats()
-        self.render()
-        if self.settings.model_path and Path(self.settings.model_path).exists():
-            self.requestLoad.emit(self.settings.model_path)
+        self.drop_area.filesDropped.connect(self.open_files)
+        self.view.linkActivated.connect(self.on_link)
+        self.view.copyRequested.connect(self.copy_text)
+        self.view.regenerateRequested.connect(self.regenerate)
+        self.view.editRequested.connect(self.edit_last)
+        self.view.imageClicked.connect(self.show_image)
+        self.view.findRequested.connect(self.ask_find_in_image)
+        self.view.framesWanted.connect(self.want_chapter_frames)
+        self.view.empty.promptChosen.connect(self.use_example)
+        self.view.empty.attachRequested.connect(self.composer.pick_files)
+        self.header.model.clicked.connect(self.show_picker)
+        self.sidebar.new_button.clicked.connect(self.new_chat)
+        self.sidebar.settings_button.clicked.connect(self.open_settings)
+        self.sidebar.search.textChanged.connect(self.refresh_chats)
+        self.sidebar.chats.currentItemChanged.connect(self.open_selected)
+        self.sidebar.chats.deleteRequested.connect(self.delete_chat)
 
     def make_actions(self):
-        bar = self.addToolBar("Chat")
-        for name, shortcut, slot in (("Copy answer", QKeySequence.Copy, self.copy_answer),
-                                     ("Regenerate", "Ctrl+R", self.regenerate),
-                                     ("Edit last question", "Ctrl+E", self.edit_last),
-                                     ("Export summary…", "Ctrl+Shift+E", self.choose_export),
-                                     ("Settings…", QKeySequence.Preferences, self.open_settings)):
+        menus = {}
+        for menu, name, shortcut, slot in (
+                ("File", "New chat", "Ctrl+N", self.new_chat),
+                ("File", "Open files…", "Ctrl+O", self.composer.pick_files),
+                ("File", "Export summary…", "Ctrl+Shift+E", self.choose_export),
+                ("Edit", "Copy answer", "Ctrl+Shift+C", self.copy_answer),
+                ("Edit", "Find chats", "Ctrl+F", self.focus_search),
+                ("Edit", "Settings…", "Ctrl+,", self.open_settings),
+                ("Chat", "Regenerate", "Ctrl+R", self.regenerate),
+                ("Chat", "Edit last question", "Ctrl+E", self.edit_last),
+                ("Chat", "Stop", "Esc", self.stop),
+                ("Chat", "Choose model…", "Ctrl+Shift+M", self.show_picker),
+                ("View", "Show chats", "Ctrl+Alt+S", lambda: self.sidebar.setVisible(self.sidebar.isHidden()))):
+            if menu not in menus:
+                menus[menu] = self.menuBar().addMenu(menu)
             action = QAction(name, self)
-            action.setShortcut(shortcut)
+            action.setShortcut(QKeySequence(shortcut))
+            action.setShortcutContext(Qt.WindowShortcut)
+            if name == "Settings…":
+                action.setMenuRole(QAction.PreferencesRole)
             action.triggered.connect(slot)
-            bar.addAction(action)
+            menus[menu].addAction(action)
+            self.addAction(action)  # shortcuts work with the menu bar hidden too
             setattr(self, "action_" + name.split()[0].lower().strip("…"), action)
 
+    def restyle(self):
+        for part in (self.sidebar, self.header, self.composer, self.view):
+            part.restyle()
+
     # -- model ----------------------------------------------------------------------------------
+    def refresh_models(self):
+        self.picker.set_models(find_models(self.home / "models"), self.settings.model_path)
+
+    def show_picker(self):
+        self.refresh_models()
+        self.picker.back_button.setVisible(bool(self.model_info))
+        self.pages.setCurrentIndex(0)
+
     def download(self, repo_id: str):
         target = self.home / "models" / repo_id.replace("/", "--")
         self.picker.set_busy(f"Downloading {repo_id}…")
         self.requestDownload.emit(repo_id, str(target))
 
-    def on_loaded(self, path: str):
-        self.settings.model_path = path
+    def on_loading(self, path: str):
+        self.picker.set_busy(f"Loading {path}…")
+
+    def on_exported(self, path: str):
+        self.statusBar().showMessage(f"Exported {path}", 5000)
+
+    def on_loaded(self, info: dict):
+        self.model_info = dict(info)
+        self.settings.model_path = info["path"]
         save_settings(self.store, self.settings)
-        self.picker.set_idle(f"Loaded {path}")
+        self.picker.set_idle(f"Loaded {info['name']}")
+        self.header.set_model(info["name"], info["precision"], info["memory"])
         self.pages.setCurrentIndex(1)
-        self.statusBar().showMessage(f"Model: {path}", 5000)
+        self.composer.edit.setFocus()
 
     # -- conversation ---------------------------------------------------------------------------
     def render(self):
         self.view.show_conversation(self.conversation, self.streaming, self.error)
+        self.header.title.setText(self.conversation.title)
+
+    def open_files(self, paths):
+        if paths:
+            self.composer.attach([str(p) for p in paths])
+            self.composer.edit.setFocus()
+
+    def use_example(self, text: str):
+        self.composer.edit.setPlainText(text)
+        self.composer.edit.setFocus()
+        if not self.composer.attachments:
+            self.composer.pick_files()
 
     def send(self, text: str, attachments: list):
         if self.streaming is not None:
@@ -175,8 +268,10 @@ class MainWindow(QMainWindow):
 
     def ask(self):
         self.error = ""
-        self.streaming = ""
+        self.streaming = Message("assistant", "", thinking=self.settings.thinking)
+        self.started = time.monotonic()
         self.composer.set_busy(True)
+        self.view.scroll_to_bottom()
         self.render()
         self.history.save(self.conversation)
         self.refresh_chats()
@@ -187,24 +282,28 @@ class MainWindow(QMainWindow):
     def on_text(self, piece: str):
         if self.streaming is None:
             return
-        self.streaming += piece
+        self.streaming.text += piece
+        if not self.streaming.thought_seconds and "</think>" in self.streaming.text:
+            self.streaming.thought_seconds = time.monotonic() - self.started
         self.render()
 
-    def on_prompt_progress(self, done: int, total: int):
-        self.progress.setVisible(done < total)
-        self.progress.setRange(0, max(total, 1))
-        self.progress.setValue(done)
-
     def on_done(self, reason: str, stats: dict):
+        if self.streaming is None:
+            return
         note = (f"{stats['prompt_tokens']} prompt tokens at {stats['prompt_tps']:.0f} tok/s · "
-                f"{stats['generation_tokens']} tokens at {stats['generation_tps']:.1f} tok/s · "
-                f"{stats['peak_memory']:.2f} GB")
+                f"{stats['generation_tokens']} tokens at {stats['generation_tps']:.1f} tok/s")
         if reason == "cancelled":
             note += " · stopped"
-        self.conversation.add(Message("assistant", self.streaming or "", stats=note))
-        self.streaming = None
-        self.progress.hide()
-        self.speed.setText(note)
+        answer, self.streaming = self.streaming, None
+        answer.stats, answer.regions = note, list(stats.get("regions", []))
+        if answer.thinking and not answer.thought_seconds:
+            answer.thought_seconds = time.monotonic() - self.started
+        self.conversation.add(answer)
+        self.header.progress.hide()
+        self.header.speed.setText(f"{stats['generation_tps']:.1f} tok/s")
+        if stats.get("memory") and self.model_info:
+            self.model_info["memory"] = stats["memory"]
+            self.header.set_model(self.model_info["name"], self.model_info["precision"], stats["memory"])
         self.composer.set_busy(False)
         self.history.save(self.conversation)
         self.render()
@@ -212,11 +311,11 @@ class MainWindow(QMainWindow):
     def on_failed(self, message: str):
         if self.pages.currentIndex() == 0:
             self.picker.set_idle(message)
-        if self.streaming is not None and self.conversation.messages and self.conversation.messages[-1].role == "user":
-            if self.streaming:  # keep what was said before the failure
-                self.conversation.add(Message("assistant", self.streaming, stats="interrupted"))
+        if self.streaming is not None and self.streaming.text:  # keep what was said before the failure
+            self.streaming.stats = "interrupted"
+            self.conversation.add(self.streaming)
         self.streaming = None
-        self.progress.hide()
+        self.header.progress.hide()
         self.composer.set_busy(False)
         self.show_error(message)
 
@@ -225,61 +324,93 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(message, 10000)
         self.render()
 
+    def report_damaged(self):
+        damaged = self.history.unreported()
+        if damaged:
+            self.show_error(f"{len(damaged)} chat file(s) could not be read and were left as they are in "
+                            f"{self.history.root}: " + "; ".join(damaged))
+
+    # -- images ---------------------------------------------------------------------------------
+    def show_image(self, path: str, regions: list):
+        self.image_dialog = ImageDialog(path, regions, self)
+        self.image_dialog.show()
+
+    def ask_find_in_image(self, path: str):
+        target, ok = QInputDialog.getText(self, "Find in image", "What should be found in the image?")
+        if ok and target.strip():
+            self.find_in_image(path, target)
+
+    def find_in_image(self, path: str, target: str):
+        """Ask where ``target`` is in the image: the answer's boxes are drawn on it."""
+        if self.streaming is None:
+            self.send(grounding_prompt(target), [Attachment(path, "image")])
+
     # -- video summaries ------------------------------------------------------------------------
     def summarise(self, path: str):
         if self.streaming is not None:
             return
-        from .history import Attachment
-
         self.conversation.add(Message("user", "Summarise this video.", [Attachment(path, "video")]))
         self.composer.clear()
         self.summary_video, self.summary_chapters, self.summary = path, [], None
-        self.error, self.streaming = "", chapters_markdown([], progress="Looking for scene changes…")
+        self.error = ""
+        self.streaming = Message("assistant", chapters_markdown([], progress="Looking for scene changes…"))
         self.composer.set_busy(True)
         self.history.save(self.conversation)
         self.refresh_chats()
         self.render()
         s = self.settings
         self.requestSummary.emit(self.conversation.id, path, dict(frames_per_segment=max(1, min(16, s.max_frames // 8)),
-                                            temperature=s.temperature, top_p=s.top_p))
+                                                                  temperature=s.temperature, top_p=s.top_p))
 
     def on_summary_progress(self, stage: str, done: int, total: int, eta: float):
         left = f", about {clock(eta)} left" if eta >= 0 else ""
         text = {"scanning": "Scenes found", "segment": f"Segments summarised: {done}/{total}{left}",
                 "chapter": f"Chapters titled: {done}/{total}", "done": "Done"}.get(stage, stage)
         self.statusBar().showMessage(text)
-        self.progress.setVisible(stage != "done")
-        self.progress.setRange(0, max(total, 1))
-        self.progress.setValue(done)
+        self.header.set_prompt_progress(done if stage != "done" else total, max(total, 1))
         if self.streaming is not None and stage in ("segment", "scanning"):
-            self.streaming = chapters_markdown(self.summary_chapters, progress=text)
+            self.streaming.text = chapters_markdown(self.summary_chapters, progress=text)
             self.render()
 
     def on_summary_chapter(self, chapter):
-        self.summary_chapters.append(chapter)
-        self.streaming = chapters_markdown(self.summary_chapters, progress="Writing the overview…")
-        self.render()
+        self.summary_chapters.append(asdict(chapter))
+        if self.streaming is not None:
+            self.streaming.text = chapters_markdown(self.summary_chapters, progress="Writing the overview…")
+            self.render()
 
     def on_summary_done(self, summary):
         self.summary = summary
-        text = chapters_markdown(summary.chapters, summary.overview, summary.warnings)
-        self.conversation.add(Message("assistant", text, stats=f"{len(summary.chapters)} chapters"))
+        data = asdict(summary)  # the library's dataclass as plain data; its frames stay in the worker
+        text = chapters_markdown(data["chapters"], data["overview"], data["warnings"])
+        self.conversation.add(Message("assistant", text, stats=f"{len(summary.chapters)} chapters", summary=data))
         self.streaming = None
-        self.progress.hide()
+        self.header.progress.hide()
         self.composer.set_busy(False)
         self.history.save(self.conversation)
         self.render()
 
+    def want_chapter_frames(self, path: str, starts: list):
+        if path in self.thumbnails:
+            self.view.set_thumbnails(path, self.thumbnails[path])
+        elif Path(path).is_file():
+            self.requestChapterFrames.emit(path, starts)
+
+    def on_thumbnails(self, path: str, frames: list):
+        self.thumbnails[path] = frames
+        self.view.set_thumbnails(path, frames)
+
+    def on_frames(self, path: str, thumbs: list, duration: float):
+        self.composer.show_frames(path, thumbs, duration)
+
     def on_link(self, url: str):
         if url.startswith("seek:"):
-            video = self.summary_video or next((a.path for m in reversed(self.conversation.messages)
-                                                for a in m.attachments if a.kind == "video"), "")
+            seconds, _, video = url[5:].partition("@")
+            video = video or self.summary_video or next(
+                (a.path for m in reversed(self.conversation.messages) for a in m.attachments if a.kind == "video"), "")
             if video:
-                self.requestFrame.emit(video, float(url[5:]))
+                self.requestFrame.emit(video, float(seconds))
 
     def choose_export(self):
-        from PySide6.QtWidgets import QFileDialog
-
         if self.summary is None:
             self.show_error("Summarise a video first (drop it with no question), then export its chapters.")
             return
@@ -294,10 +425,20 @@ class MainWindow(QMainWindow):
         self.requestExport.emit(self.summary, path)
 
     # -- actions --------------------------------------------------------------------------------
+    def stop(self):
+        if self.streaming is not None:
+            self.worker.cancel()
+
+    def copy_text(self, text: str):
+        QGuiApplication.clipboard().setText(text)
+        self.statusBar().showMessage("Copied", 2000)
+
     def copy_answer(self):
-        answers = [m.text for m in self.conversation.messages if m.role == "assistant"]
+        """The last answer as the reader sees it: without the thinking and the box coordinates."""
+        answers = [m for m in self.conversation.messages if m.role == "assistant"]
         if answers:
-            QGuiApplication.clipboard().setText(answers[-1])
+            _, answer, _ = split_thinking(answers[-1].text, answers[-1].thinking)
+            self.copy_text(readable(answer).replace("**", ""))
 
     def regenerate(self):
         if self.streaming is not None or not self.conversation.messages:
@@ -318,31 +459,37 @@ class MainWindow(QMainWindow):
         self.composer.clear()
         self.composer.edit.setPlainText(last.text)
         self.composer.attach([a.path for a in last.attachments])
+        self.composer.edit.setFocus()
         self.history.save(self.conversation)
         self.render()
 
     def open_settings(self):
-        dialog = SettingsDialog(self.settings, self)
-        if dialog.exec():
-            self.settings = dialog.result_settings()
-            save_settings(self.store, self.settings)
+        self.settings_dialog = SettingsDialog(self.settings, self)
+        self.settings_dialog.accepted.connect(self.apply_settings)
+        self.settings_dialog.open()
+
+    def apply_settings(self):
+        self.settings = self.settings_dialog.result_settings()
+        save_settings(self.store, self.settings)
+        self.theme.set_appearance(self.settings.appearance)
+
+    def focus_search(self):
+        self.sidebar.show()
+        self.sidebar.search.setFocus()
+        self.sidebar.search.selectAll()
 
     # -- history --------------------------------------------------------------------------------
     def refresh_chats(self):
-        self.chats.blockSignals(True)
-        self.chats.clear()
-        for conversation in self.history.list(self.search.text()):
-            item = QListWidgetItem(conversation.title)
-            item.setData(256, conversation.id)
-            self.chats.addItem(item)
-            if conversation.id == self.conversation.id:
-                self.chats.setCurrentItem(item)
-        self.chats.blockSignals(False)
+        self.sidebar.set_chats(self.history.list(self.sidebar.search.text()), self.conversation.id)
 
     def open_selected(self, item, _previous=None):
         if item is None or self.streaming is not None:
             return
-        self.conversation = self.history.load(item.data(256))
+        try:
+            self.conversation = self.history.load(item.data(ID_ROLE))
+        except DamagedFile as e:
+            self.show_error(f"This chat can't be opened: {e}. The file was left as it is.")
+            return
         self.error = ""
         self.render()
 
@@ -354,13 +501,15 @@ class MainWindow(QMainWindow):
         self.composer.clear()
         self.refresh_chats()
         self.render()
+        self.composer.edit.setFocus()
 
-    def delete_chat(self):
-        item = self.chats.currentItem()
-        if item is None or self.streaming is not None:
+    def delete_chat(self, conversation_id: Optional[str] = None):
+        item = self.sidebar.chats.currentItem()
+        conversation_id = conversation_id or (item.data(ID_ROLE) if item is not None else None)
+        if conversation_id is None or self.streaming is not None:
             return
-        self.history.delete(item.data(256))
-        if item.data(256) == self.conversation.id:
+        self.history.delete(conversation_id)
+        if conversation_id == self.conversation.id:
             self.conversation = Conversation()
         self.refresh_chats()
         self.render()

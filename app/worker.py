@@ -3,14 +3,21 @@
 Shaped like superqt's GeneratorWorker: each step of a library generator becomes a signal,
 cancellation is checked between steps, errors become a signal with words a person can act
 on. The window owns the wiring (signals to slots); the worker never reaches into it.
+
+The worker is the one owner of the model: anything else that needs it (a local server started
+from the app, say) hands it a job with ``submit``, which runs on this thread between the
+window's jobs, so MLX is only ever driven from here.
 """
 
 import threading
 import traceback
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Callable, List
 
 from PySide6.QtCore import QObject, Signal, Slot
+
+from .model_finder import describe
 
 
 @dataclass
@@ -40,24 +47,38 @@ def friendly(error: BaseException) -> str:
     return f"Something went wrong: {type(error).__name__}: {error}"
 
 
+def grounding_prompt(target: str) -> str:
+    """The question that asks the model where ``target`` is (``mlx_minicpmv.grounding``)."""
+    from mlx_minicpmv import grounding
+
+    return grounding.prompt(target)
+
+
+def answer_part(text: str) -> str:
+    """What follows the thinking, where the boxes of an answer are."""
+    return text.rsplit("</think>", 1)[-1]
+
+
 class Cancelled(Exception):
     pass
 
 
 class ModelWorker(QObject):
     loading = Signal(str)
-    loaded = Signal(str)
+    loaded = Signal(dict)  # path, name, precision, memory (GB in use)
     download_progress = Signal(int, int)  # bytes done, bytes total
     prompt_progress = Signal(int, int)  # prompt tokens done, total
     text = Signal(str)  # a streamed piece of the answer
-    done = Signal(str, dict)  # finish reason, statistics
+    done = Signal(str, dict)  # finish reason, statistics (and the answer's boxes and points)
     failed = Signal(str)  # a message for a person
-    frames = Signal(str, list)  # video path, [(seconds, width, height, rgb bytes)]
+    frames = Signal(str, list, float)  # video path, [(seconds, width, height, rgb bytes)], duration
     summary_progress = Signal(str, int, int, float)  # stage, done, total, seconds left (-1: unknown)
     summary_chapter = Signal(object)  # a finished mlx_minicpmv.summary.Chapter
     summary_done = Signal(object)  # the Summary
     frame_ready = Signal(str, float, int, int, bytes)  # path, seconds, width, height, rgb
+    thumbnails = Signal(str, list)  # video path, [(seconds, width, height, rgb bytes)] for a timeline
     exported = Signal(str)
+    _job = Signal(object)  # (callable, Future) from ``submit``
 
     def __init__(self):
         super().__init__()
@@ -65,12 +86,29 @@ class ModelWorker(QObject):
         self.model_path = ""
         self._cancel = threading.Event()
         self._cache = None
-        self._cached_for = (None, 0)  # (conversation id, messages the cache holds)
+        self._held = None  # (conversation id, the messages the cache holds, the last answer included)
         self._summary = (None, None)  # (conversation id, its last video Summary)
+        self._job.connect(self._run_job)
 
     def cancel(self) -> None:
         """Called from the GUI thread: a flag the running job checks between steps."""
         self._cancel.set()
+
+    def submit(self, job: Callable) -> Future:
+        """Run ``job(model, processor)`` on the worker thread after the jobs queued before it;
+        safe from any thread. The returned future holds its result or its exception."""
+        future = Future()
+        self._job.emit((job, future))
+        return future
+
+    @Slot(object)
+    def _run_job(self, item) -> None:
+        job, future = item
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(job(self.model, self.processor))
+            except BaseException as e:  # noqa: BLE001 - the caller gets it through the future
+                future.set_exception(e)
 
     # -- jobs (run on the worker thread, through queued signals) --------------------------------
     @Slot(str)
@@ -78,11 +116,18 @@ class ModelWorker(QObject):
         self._cancel.clear()
         self.loading.emit(path)
         try:
+            import mlx.core as mx
+
             from mlx_minicpmv import load
 
+            self.model = self.processor = None  # the old model's memory goes before the new one's comes
+            self._cache, self._held, self._summary = None, None, (None, None)
             self.model, self.processor = load(path)
-            self.model_path, self._cache, self._cached_for = path, None, (None, 0)
-            self.loaded.emit(path)
+            self.model_path = path
+            found = describe(path)
+            self.loaded.emit(dict(path=path, name=found.name if found else path,
+                                  precision=found.precision if found else "",
+                                  memory=mx.get_active_memory() / 1e9))
         except Exception as e:  # noqa: BLE001 - every failure must reach the window
             self.failed.emit(friendly(e))
 
@@ -115,25 +160,29 @@ class ModelWorker(QObject):
         except Exception as e:  # noqa: BLE001
             self.failed.emit(friendly(e))
 
+    def _continue(self, conversation_id: str, messages: List[dict]) -> List[dict]:
+        """The messages the model has not seen: the rest after what the cache holds when it
+        holds the start of exactly this conversation, else all of them on a new cache (another
+        chat, an edit, a regenerate, a changed system prompt)."""
+        from mlx_minicpmv import PromptCache
+
+        if self._cache is not None and self._held is not None:
+            held_id, held = self._held
+            if held_id == conversation_id and len(messages) > len(held) and messages[:len(held)] == held:
+                return messages[len(held):]
+        self._cache = PromptCache.new(self.model)
+        return messages
+
     @Slot(object)
     def generate(self, request: GenerateRequest) -> None:
         self._cancel.clear()
         if self.model is None:
             self.failed.emit("No model is loaded yet. Choose a model first.")
             return
-        from mlx_minicpmv import PromptCache, stream_generate
+        from mlx_minicpmv import grounding, stream_generate
 
-        messages = list(request.messages)
-        if request.system_prompt:
-            messages.insert(0, {"role": "system", "content": request.system_prompt})
-        # Continue the cache when it holds exactly this conversation up to its last answer;
-        # otherwise (another chat, an edit, a regenerate) start it over.
-        key, held = self._cached_for
-        if self._cache is not None and key == request.conversation_id and held == len(messages) - 1:
-            new = messages[held:]
-        else:
-            self._cache, new = PromptCache.new(self.model), messages
-        self._cached_for = (request.conversation_id, None)  # unknown until this turn ends well
+        system = [{"role": "system", "content": request.system_prompt}] if request.system_prompt else []
+        messages = system + list(request.messages)
         options = dict(request.options)
 
         def progress(done, total):
@@ -142,32 +191,40 @@ class ModelWorker(QObject):
                 raise Cancelled()  # between prefill chunks: a long video stops promptly too
 
         summary_id, summary = self._summary
-        if summary_id == request.conversation_id and isinstance(messages[-1]["content"], str):
-            # A text question after a video summary: answered from the frames the summary saw,
-            # so nothing is decoded or encoded again.
-            from mlx_minicpmv.summary import follow_up
-
-            self._cache, self._cached_for = None, (None, 0)
-            stream = lambda: follow_up(self.model, self.processor, summary, messages[-1]["content"],  # noqa: E731
-                                       cancel=self._cancel.is_set, progress=progress, **options)
-        else:
-            stream = lambda: stream_generate(self.model, self.processor, new, prompt_cache=self._cache,  # noqa: E731
-                                             cancel=self._cancel.is_set, progress=progress, **options)
         try:
-            last = None
-            for last in stream():
+            import mlx.core as mx
+
+            if summary_id == request.conversation_id and isinstance(messages[-1]["content"], str):
+                # A text question after a video summary: answered from the frames the summary
+                # saw, so nothing is decoded or encoded again.
+                from mlx_minicpmv.summary import follow_up
+
+                self._cache = self._held = None
+                stream = follow_up(self.model, self.processor, summary, messages[-1]["content"],
+                                   cancel=self._cancel.is_set, progress=progress, **options)
+            else:
+                new = self._continue(request.conversation_id, messages)
+                self._held = None  # unknown until this turn ends
+                stream = stream_generate(self.model, self.processor, new, prompt_cache=self._cache,
+                                         cancel=self._cancel.is_set, progress=progress, **options)
+            last, pieces = None, []
+            for last in stream:
                 if last.text:
+                    pieces.append(last.text)
                     self.text.emit(last.text)
+            answer = "".join(pieces)
+            regions = [(r.label, "box", (r.x1, r.y1, r.x2, r.y2)) if isinstance(r, grounding.Box)
+                       else (r.label, "point", (r.x, r.y)) for r in grounding.parse(answer_part(answer))]
             stats = dict(prompt_tokens=last.prompt_tokens, prompt_tps=last.prompt_tps,
                          generation_tokens=last.generation_tokens, generation_tps=last.generation_tps,
-                         peak_memory=last.peak_memory)
+                         peak_memory=last.peak_memory, memory=mx.get_active_memory() / 1e9, regions=regions)
             if self._cache is not None:
-                self._cached_for = (request.conversation_id, len(messages) + 1)
+                self._held = (request.conversation_id, messages + [{"role": "assistant", "content": answer}])
             self.done.emit(last.finish_reason or "stop", stats)
         except Cancelled:
             self._cache = None  # stopped inside the prompt: the state is partial
             self.done.emit("cancelled", dict(prompt_tokens=0, prompt_tps=0.0, generation_tokens=0,
-                                             generation_tps=0.0, peak_memory=0.0))
+                                             generation_tps=0.0, peak_memory=0.0, regions=[]))
         except Exception as e:  # noqa: BLE001
             self._cache = None
             traceback.print_exc()
@@ -177,13 +234,14 @@ class ModelWorker(QObject):
     def preview_video(self, path: str, max_frames: int, fps: float) -> None:
         """The frames the model will see, as small thumbnails with their times."""
         try:
-            from mlx_minicpmv.processing.video import load_video_units
+            from mlx_minicpmv.processing.video import load_video_units, probe
 
             thumbs = []
             for image, seconds in load_video_units(path, max_frames, 1, fps):
-                image.thumbnail((96, 96))
+                image = image.copy()  # the units are cached for the question: leave them whole
+                image.thumbnail((160, 160))
                 thumbs.append((seconds, image.width, image.height, image.convert("RGB").tobytes()))
-            self.frames.emit(path, thumbs)
+            self.frames.emit(path, thumbs, probe(path).duration)
         except Exception as e:  # noqa: BLE001
             self.failed.emit(friendly(e))
 
@@ -208,22 +266,38 @@ class ModelWorker(QObject):
         except Exception as e:  # noqa: BLE001
             self.failed.emit(friendly(e))
 
+    def _frames(self, path: str, times: List[float], size: int) -> list:
+        from mlx_minicpmv.processing.video import iter_frames, probe
+
+        info = probe(path)
+        indices = sorted({min(int(t * info.fps), info.total_num_frames - 1) for t in times})
+        out = []
+        for frame in iter_frames(path, indices, info):
+            image = frame.image.convert("RGB")
+            image.thumbnail((size, size))
+            out.append((frame.time, image.width, image.height, image.tobytes()))
+        return out
+
     @Slot(str, float)
     def frame_at(self, path: str, seconds: float) -> None:
-        """The video frame shown at ``seconds``, for a clicked timestamp."""
+        """The video frame shown at ``seconds``, for a clicked time."""
         try:
-            from mlx_minicpmv.processing.video import iter_frames, probe
-
-            info = probe(path)
-            index = min(int(seconds * info.fps), info.total_num_frames - 1)
-            for frame in iter_frames(path, [index], info):
-                image = frame.image.convert("RGB")
-                image.thumbnail((640, 640))
-                self.frame_ready.emit(path, frame.time, image.width, image.height, image.tobytes())
+            found = self._frames(path, [seconds], 960)
+            if not found:
+                self.failed.emit(f"No frame could be read at {seconds:.0f} s in {path}.")
                 return
-            self.failed.emit(f"No frame could be read at {seconds:.0f} s in {path}.")
+            self.frame_ready.emit(path, *found[0])
         except Exception as e:  # noqa: BLE001
             self.failed.emit(friendly(e))
+
+    @Slot(str, list)
+    def chapter_frames(self, path: str, times: list) -> None:
+        """One small frame for each time (a summary's chapter starts), for its timeline."""
+        try:
+            self.thumbnails.emit(path, self._frames(path, [float(t) for t in times], 240))
+        except Exception as e:  # noqa: BLE001 - a timeline without pictures still works
+            self.thumbnails.emit(path, [])
+            traceback.print_exception(e)
 
     @Slot(object, str)
     def export_summary(self, summary, path: str) -> None:
@@ -243,3 +317,4 @@ class ModelWorker(QObject):
             self.exported.emit(path)
         except OSError as e:
             self.failed.emit(f"Could not write {path}: {e.strerror or e}. Choose another folder or free some space.")
+

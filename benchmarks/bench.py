@@ -26,8 +26,8 @@ from mlx_minicpmv.processing import video  # noqa: E402
 
 def first_token(model, make_inputs, cache=None):
     """(seconds to the first token from the files, peak GB, info), cold caches."""
-    feature_cache.items.clear()
-    video._units.clear()
+    feature_cache.clear()
+    video.clear_cache()
     mx.reset_peak_memory()
 
     def run():
@@ -64,10 +64,10 @@ def main():
         inputs = text_inputs(DECODE_PROMPT_TOKENS)
         mx.reset_peak_memory()
         start = None
-        for _, _, n, *_ in stream_tokens(model, inputs, max_tokens=DECODE_TOKENS + 1, temperature=0.0):
-            if n == 1:  # the clock starts at the first token: what follows is decoding alone
+        for step in stream_tokens(model, inputs, max_tokens=DECODE_TOKENS + 1, temperature=0.0):
+            if step.generation_tokens == 1:  # the clock starts at the first token: what follows is decoding alone
                 start = time.perf_counter()
-        return DECODE_TOKENS / (time.perf_counter() - start), mx.get_peak_memory() / 1e9, dict(tokens=n)
+        return DECODE_TOKENS / (time.perf_counter() - start), mx.get_peak_memory() / 1e9, dict(tokens=step.generation_tokens)
 
     def follow_up():
         cache = PromptCache.new(model)

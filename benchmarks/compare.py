@@ -1,7 +1,9 @@
-"""mlx-minicpmv against mlx-vlm and transformers, on the same machine in the same run.
+"""mlx-minicpmv against mlx-vlm, transformers and llama.cpp, on the same machine in the same run.
 
     python benchmarks/compare.py                     # everything (hours on a 2-core CPU)
     python benchmarks/compare.py --variants float32 --impls ours mlx-vlm
+    python benchmarks/compare.py --variants bfloat16 8bit 4bit --impls ours llama.cpp --rows decode prefill image448
+    python benchmarks/compare.py --version 4.7       # MiniCPM-V 4.7's 1B (under OUT/v4.7)
 
 Once, it builds a full-size random checkpoint with the real config through transformers
 (compute does not depend on the weight values), makes the media, converts the checkpoint
@@ -27,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from full_checkpoint import VARIANTS, build, measure_convert  # noqa: E402
+from full_checkpoint import VARIANTS, build, measure_convert, version_dir  # noqa: E402
 from measure import ROWS  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
@@ -39,6 +41,9 @@ VLM_VARIANTS = {
     "8bit": dict(dtype="bfloat16", quantize=True, q_bits=8, q_group_size=64),
     "4bit": dict(dtype="bfloat16", quantize=True, q_bits=4, q_group_size=64),
 }
+# llama.cpp's format at each of our precisions (peers/llama_cpp_peer.py): the same bits, as near as
+# its formats come (Q4_K_M keeps some tensors at 6 bits; ours keeps the DeltaNet gates in bf16).
+LLAMA_CPP_QUANTS = {"bfloat16": "F16", "8bit": "Q8_0", "4bit": "Q4_K_M"}
 # What each figure is, and whether more is better.
 FIGURES = {
     "decode": ("decode, 128 tokens after a 16-token prompt (tokens/s)", True),
@@ -79,8 +84,12 @@ def vlm_python(out: Path) -> Path:
     python = venv / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        from importlib import metadata
+
         mlx = f"mlx[cpu]=={mx.__version__}" if sys.platform == "linux" else f"mlx=={mx.__version__}"
-        subprocess.run([str(python), "-m", "pip", "install", "-q", mlx, f"mlx-vlm=={VLM_VERSION}"], check=True)
+        # The OpenBLAS wheel ours loads, which the peer loads the same way (peers/mlx_vlm_peer.py).
+        blas = [f"cmeel-openblas=={metadata.version('cmeel-openblas')}"] if sys.platform == "linux" else []
+        subprocess.run([str(python), "-m", "pip", "install", "-q", mlx, *blas, f"mlx-vlm=={VLM_VERSION}"], check=True)
     return python
 
 
@@ -156,8 +165,9 @@ def bandwidth_gbs() -> float:
 
 
 def lm_weight_bytes(model_dir: Path) -> int:
-    """Bytes one fp32 decode step reads: the language model's weights (the tied embedding once,
-    as the head), not the vision tower's."""
+    """Bytes one decode step reads: the language model's weights as ``load`` holds them on this
+    machine (the tied embedding once, as the head; on the CPU the kernels' layers as stored,
+    the rest in fp32), not the vision tower's."""
     from mlx_minicpmv.loading import load_model
     from mlx.utils import tree_flatten
 
@@ -165,12 +175,34 @@ def lm_weight_bytes(model_dir: Path) -> int:
     return sum(v.nbytes for _, v in tree_flatten(model.language_model.parameters()))
 
 
+# Set on some shared machines to force OpenBLAS's AVX2 kernels; a user's machine does not set
+# them. --native-openblas drops them from every runner's environment alike (never in tests).
+OPENBLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+RUNNER_ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+
+BLAS_REPORT = """
+import mlx_minicpmv, mlx.core
+from threadpoolctl import threadpool_info
+print("; ".join(f"{i['internal_api']} {i.get('version')} {i.get('architecture')} x{i['num_threads']}"
+                for i in threadpool_info() if i['user_api'] == 'blas'))
+"""
+
+
+def blas_kernel() -> str:
+    """Which BLAS and which of its kernels the MLX runners get, by threadpoolctl in a process
+    with their environment (every MLX runner loads the same library the same way)."""
+    done = subprocess.run([sys.executable, "-c", BLAS_REPORT], cwd=ROOT, env=RUNNER_ENV, capture_output=True, text=True)
+    if done.returncode:
+        return f"unknown ({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}; pip install threadpoolctl)"
+    return done.stdout.strip()
+
+
 def run(cmd, timeout_s: float, label: str, asked) -> dict:
     """One runner: its ROW lines (printed as they come), or what it had when stopped."""
     print(f"\n== {label}: {' '.join(str(c) for c in cmd[1:3])} ...", flush=True)
     rows, tic = {}, time.perf_counter()
     proc = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+                            text=True, env=RUNNER_ENV)
     err = []
     drain = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)
     drain.start()
@@ -200,11 +232,16 @@ def cell(rows: dict, figure: str):
     return r["value"], f"{r['value']:.2f}" + ("" if r.get("runs", 3) >= 3 else f" (n={r['runs']})")
 
 
-def table(results: dict, stats: dict, bandwidth: float, weight_bytes: int) -> str:
-    lines = [f"Memory read bandwidth {bandwidth:.1f} GB/s; an fp32 decode step reads {weight_bytes / 1e9:.2f} GB "
-             f"of weights, so the fp32 decode roofline is {bandwidth * 1e9 / weight_bytes:.2f} tokens/s.", ""]
+def table(results: dict, stats: dict, bandwidth: float, weight_bytes) -> str:
+    """``weight_bytes``: {variant: bytes a decode step reads} (an int, as older runs stored it,
+    is the fp32 figure)."""
+    if not isinstance(weight_bytes, dict):
+        weight_bytes = {"float32": weight_bytes}
+    lines = [f"Memory read bandwidth {bandwidth:.1f} GB/s. Bytes a decode step reads and the decode roofline they "
+             "imply: " + "; ".join(f"{v} {b / 1e9:.2f} GB, {bandwidth * 1e9 / b:.2f} tokens/s"
+                                   for v, b in weight_bytes.items()) + ".", ""]
     for variant, impls in results.items():
-        peers = [p for p in ("mlx-vlm", "transformers") if p in impls]
+        peers = [p for p in ("mlx-vlm", "transformers", "llama.cpp") if p in impls]
         head = ["figure", "ours", "ours peak GB"] + sum(([p, f"{p} peak GB", f"ours vs {p}"] for p in peers), [])
         lines += [f"### {variant}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for figure, (label, more_is_better) in FIGURES.items():
@@ -217,9 +254,9 @@ def table(results: dict, stats: dict, bandwidth: float, weight_bytes: int) -> st
             lines.append("| " + " | ".join(row) + " |")
         conv = [f"{impl}: convert {s['convert_s']:.1f} s, {s['size_gb']:.2f} GB on disk"
                 for impl in ("ours", "mlx-vlm") if (s := stats.get(f"{impl}/{variant}"))]
-        if "ours" in impls and "decode" in impls["ours"] and variant == "float32":
-            share = impls["ours"]["decode"]["value"] / (bandwidth * 1e9 / weight_bytes)
-            conv.append(f"fp32 decode at {100 * share:.0f}% of the roofline")
+        if "value" in impls.get("ours", {}).get("decode", {}) and variant in weight_bytes:
+            share = impls["ours"]["decode"]["value"] / (bandwidth * 1e9 / weight_bytes[variant])
+            conv.append(f"{variant} decode at {100 * share:.0f}% of the roofline")
         lines += ["", "; ".join(conv), ""]
     return "\n".join(lines)
 
@@ -244,20 +281,28 @@ def main():
     parser.add_argument("--video-variants", nargs="*", default=["float32"],
                         help="precisions that run the video and follow-up rows")
     parser.add_argument("--table-only", action="store_true", help="print the table of the last run again")
+    parser.add_argument("--native-openblas", action="store_true",
+                        help=f"drop {' and '.join(OPENBLAS_OVERRIDES)} from every runner's environment")
+    parser.add_argument("--version", choices=["4.6", "4.7"], default="4.6", help="MiniCPM-V version")
     args = parser.parse_args()
-    out = Path(args.out)
+    if args.native_openblas:
+        for name in OPENBLAS_OVERRIDES:
+            RUNNER_ENV.pop(name, None)
+    out = version_dir(Path(args.out), args.version)
     if args.table_only:
         last = json.loads((out / "compare.json").read_text())
         print(table(last["results"], last["convert"], last["bandwidth_gbs"], last["weight_bytes"]))
         return
     out.mkdir(parents=True, exist_ok=True)
-    hf = build(out)
+    hf = build(out, args.version)
     media = out / "media"
     make_media(media, hf)
     stats = convert_all(out, hf, args.variants, args.impls)
     bandwidth = bandwidth_gbs()
-    weight_bytes = lm_weight_bytes(out / f"mlx-{args.variants[0]}")
-    print(f"memory bandwidth {bandwidth:.1f} GB/s, {weight_bytes / 1e9:.2f} GB read per decoded token", flush=True)
+    weight_bytes = {v: lm_weight_bytes(out / f"mlx-{v}") for v in args.variants if (out / f"mlx-{v}").exists()}
+    print(f"BLAS of the MLX runners: {blas_kernel()}", flush=True)
+    print(f"memory bandwidth {bandwidth:.1f} GB/s; GB read per decoded token: "
+          + ", ".join(f"{v} {b / 1e9:.2f}" for v, b in weight_bytes.items()), flush=True)
 
     results = {}
     for variant in args.variants:
@@ -276,6 +321,11 @@ def main():
             impls["transformers"] = run([sys.executable, ROOT / "benchmarks" / "peers" / "transformers_peer.py",
                                          "--model", hf, "--dtype", variant, *common], timeout, f"transformers {variant}",
                                          [r for r in rows if r != "followup"])
+        if "llama.cpp" in args.impls and variant in LLAMA_CPP_QUANTS:
+            impls["llama.cpp"] = run([sys.executable, ROOT / "benchmarks" / "peers" / "llama_cpp_peer.py",
+                                      "--hf", hf, "--quant", LLAMA_CPP_QUANTS[variant], "--out", out, *common],
+                                     timeout, f"llama.cpp {LLAMA_CPP_QUANTS[variant]}",
+                                     [r for r in rows if r not in ("video60", "followup")])
         results[variant] = impls
         write_atomic(out / "compare.json", json.dumps(dict(bandwidth_gbs=bandwidth, weight_bytes=weight_bytes,
                                                            convert=stats, results=results), indent=2))

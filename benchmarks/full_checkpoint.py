@@ -1,7 +1,10 @@
 """Build once a full-size random MiniCPM-V 4.6 checkpoint with the real config (spec §14), then
 convert it in each precision and report convert time, peak memory, size on disk and load time.
 
-    python benchmarks/full_checkpoint.py [--out benchmarks/out] [--dtypes bfloat16 ...]
+    python benchmarks/full_checkpoint.py [--out benchmarks/out] [--variants bfloat16 ...] [--version 4.7]
+
+``--version 4.7`` builds MiniCPM-V 4.7's 1B instead (tests/checkpoints.py's ``real_config``
+says what its config is made of), under OUT/v4.7.
 
 Compute does not depend on weight values, so this checkpoint serves every speed benchmark.
 """
@@ -25,7 +28,7 @@ VARIANTS = {
 }
 
 
-def build(out: Path) -> Path:
+def build(out: Path, version: str = "4.6") -> Path:
     hf = out / "hf-random-real-config"
     if (hf / "model.safetensors").exists():
         return hf
@@ -35,9 +38,14 @@ def build(out: Path) -> Path:
 
     torch.set_num_threads(os.cpu_count() or 2)
     tic = time.perf_counter()
-    build_checkpoint(hf, real=True, dtype=torch.bfloat16)
+    build_checkpoint(hf, real=True, dtype=torch.bfloat16, version=version)
     print(f"built {hf} in {time.perf_counter() - tic:.0f} s")
     return hf
+
+
+def version_dir(out: Path, version: str) -> Path:
+    """4.6's files where they always were, another version's in a folder of its own."""
+    return out if version == "4.6" else out / f"v{version}"
 
 
 # Peak RSS of the process itself: VmHWM on Linux (ru_maxrss there keeps the parent's peak
@@ -86,10 +94,11 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    parser.add_argument("--version", choices=["4.6", "4.7"], default="4.6", help="MiniCPM-V version")
     args = parser.parse_args()
-    out = Path(args.out)
+    out = version_dir(Path(args.out), args.version)
     out.mkdir(parents=True, exist_ok=True)
-    hf = build(out)
+    hf = build(out, args.version)
     rows = []
     for name in args.variants:
         target = out / f"mlx-{name}"

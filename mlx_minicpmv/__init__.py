@@ -1,12 +1,49 @@
-"""MiniCPM-V 4.6 on MLX: ``load``, ``generate``, ``stream_generate`` and the processor."""
+"""MiniCPM-V 4.6 on MLX: ``load``, ``generate``, ``stream_generate``, the processor and the errors.
 
-from . import blas
+The public names are imported on first use, so that importing a small pure part of the
+library (``mlx_minicpmv.errors``, ``mlx_minicpmv.files``) loads no MLX.
+"""
 
-blas.load()  # before anything imports mlx.core (see blas.py)
+import importlib
+import sys
+import types
 
-from .generate import GenerationResponse, PromptCache, generate, stream_generate  # noqa: E402
-from .loading import load  # noqa: E402
-from .processing import MediaError, Processor, ProcessorOutput  # noqa: E402
+from .cpu import blas
 
-__all__ = ["load", "generate", "stream_generate", "GenerationResponse", "PromptCache", "Processor",
-           "ProcessorOutput", "MediaError"]
+blas.load()  # before anything imports mlx.core (see cpu/blas.py)
+
+from . import grounding  # noqa: E402  (pure: boxes and points of the model's answers)
+
+_HOMES = {
+    "load": "loading",
+    "generate": "generate", "stream_generate": "generate", "GenerationResponse": "generate",
+    "PromptCache": "generate",
+    "Processor": "processing", "ProcessorOutput": "processing",
+    "CheckpointError": "errors", "ContextError": "errors", "MediaError": "errors",
+}
+
+__all__ = list(_HOMES) + ["grounding"]
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Library(types.ModuleType):
+    def __setattr__(self, name, value):
+        # Importing the submodule ``generate`` sets the package attribute of that name to the
+        # module; ``mlx_minicpmv.generate`` stays the function, as the public surface says.
+        if name in _HOMES and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Library

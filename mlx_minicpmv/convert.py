@@ -17,7 +17,9 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from .loading import build_model, check_weights, load_config, read_weights, resolve
+from .config import MODEL_TYPES
+from .files import current_umask
+from .loading import read_checkpoint, resolve
 from .model import Model
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
@@ -31,18 +33,40 @@ def stored_dtype(config: dict) -> str:
     return name if name in DTYPES else "bfloat16"
 
 
+def check_replaceable(target: Path, source: Path) -> None:
+    """``--force`` replaces only a model convert.py made: a directory of a MiniCPM-V
+    ``config.json``, weights and the metadata files it copies, and nothing else."""
+    if target.is_symlink() or not target.is_dir():
+        raise FileExistsError(f"{target} is a file, not a converted model; --force replaces only a model "
+                              "directory made by convert.py, so choose another --mlx-path")
+    if target == source or target in source.parents:
+        raise FileExistsError(f"{target} holds the checkpoint being converted; choose another --mlx-path")
+    others = sorted(p.name for p in target.iterdir()
+                    if not (p.is_file() and not p.is_symlink() and p.suffix in (".safetensors", *METADATA_SUFFIXES)))
+    listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+    try:
+        model_type = json.loads((target / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        model_type = None
+    if model_type not in MODEL_TYPES:
+        held = f"it holds {listed}" if others else "no MiniCPM-V config.json" if any(target.iterdir()) else "it is empty"
+        raise FileExistsError(f"{target} is not a converted MiniCPM-V model ({held}); --force replaces only a "
+                              "model directory made by convert.py, so choose another --mlx-path")
+    if others:
+        raise FileExistsError(f"{target} holds more than a converted model ({listed}); --force would delete "
+                              "them, so move them or choose another --mlx-path")
+
+
 def convert(hf_path: str, mlx_path: str = "mlx_model", dtype: str = None, quantize: bool = False,
             q_bits: int = 4, q_group_size: int = 64, force: bool = False) -> Path:
     target = Path(mlx_path).expanduser().resolve()
     if target.exists() and not force:
         raise FileExistsError(f"{target} already exists; pass --force to replace it, or choose another --mlx-path")
     source = resolve(hf_path)
-    config = load_config(source)
+    if target.exists():
+        check_replaceable(target, source.resolve())
+    config, model, weights = read_checkpoint(source)
     dtype = dtype or stored_dtype(config)
-    model = build_model(config)
-    weights, origin = read_weights(source)
-    weights = Model.sanitize(weights)
-    check_weights(model, weights, {k: origin.get(k) or origin.get(f"model.{k}") for k in weights}, source)
     weights = {
         k: v.astype(DTYPES[dtype]) if Model.cast_predicate(k) and mx.issubdtype(v.dtype, mx.floating) else v
         for k, v in weights.items()
@@ -59,6 +83,7 @@ def convert(hf_path: str, mlx_path: str = "mlx_model", dtype: str = None, quanti
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700; the model is shared like any folder
         from mlx_lm.utils import save_model
 
         save_model(tmp, model, donate_model=True)

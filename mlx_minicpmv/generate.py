@@ -11,15 +11,21 @@ Run ``python -m mlx_minicpmv.generate --help`` for the command line.
 import argparse
 import hashlib
 import sys
+import threading
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import mlx.core as mx
 import numpy as np
 from mlx_lm.generate import generate_step
 from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+from .errors import ContextError
+from .options import check_all
+from .threads import note_current_thread
 
 PREFILL_STEP = 512
 END_OF_TURN = "<|im_end|>"
@@ -27,12 +33,18 @@ FEATURE_CACHE_SIZE = 8
 
 
 class FeatureCache:
-    """Vision features by content hash of the pixels (and grid and mode), least recently used
-    dropped first: asking again about the same image or video (regenerate, edit and resend,
-    a new chat) encodes nothing."""
+    """Vision features by model and by content hash of the pixels (and grid and mode), least
+    recently used dropped first: asking again about the same image or video (regenerate, edit
+    and resend, a new chat) encodes nothing.
+
+    Features belong to the model that made them: another model asked about the same picture
+    encodes it itself, and a model's features go when the model is garbage collected (or on
+    ``forget``), so an unloaded model's features neither linger nor get reused.
+    """
 
     def __init__(self, size: int = FEATURE_CACHE_SIZE):
-        self.size, self.items = size, OrderedDict()
+        self.size, self.lock = size, threading.Lock()
+        self._models: Dict[int, "OrderedDict[str, mx.array]"] = {}  # id(model) -> content key -> features
 
     @staticmethod
     def key(pixel_values, target_sizes, mode) -> str:
@@ -44,22 +56,57 @@ class FeatureCache:
         if pixel_values is None:
             return None
         key = self.key(pixel_values, target_sizes, mode)
-        if key in self.items:
-            self.items.move_to_end(key)
-            return self.items[key]
+        with self.lock:  # threads share it: check-then-move must not race an eviction
+            entries = self._entries(model)
+            if key in entries:
+                entries.move_to_end(key)
+                return entries[key]
         value = model.encode_slices(pixel_values, target_sizes, mode)
         mx.eval(value)
-        self.items[key] = value
-        while len(self.items) > self.size:
-            self.items.popitem(last=False)
+        with self.lock:
+            entries = self._entries(model)
+            entries[key] = value
+            while len(entries) > self.size:
+                entries.popitem(last=False)
         return value
+
+    def _entries(self, model) -> "OrderedDict[str, mx.array]":
+        entries = self._models.get(id(model))
+        if entries is None:
+            # Dropped when the model is collected, by a plain dict pop without the lock (the
+            # collector may run in a thread that holds it); an id is reused only after that.
+            entries = self._models[id(model)] = OrderedDict()
+            weakref.finalize(model, self._models.pop, id(model), None)
+        return entries
+
+    def held_for(self, model) -> int:
+        """How many encoded images and videos are kept for ``model``."""
+        return len(self._models.get(id(model), ()))
+
+    def __len__(self) -> int:
+        return sum(len(entries) for entries in list(self._models.values()))
+
+    def forget(self, model) -> None:
+        """Drop ``model``'s features now (a model being unloaded)."""
+        self._models.pop(id(model), None)
+
+    def clear(self) -> None:
+        self._models.clear()
 
 
 feature_cache = FeatureCache()
 
 
-class ContextError(ValueError):
-    """The prompt (plus the answer asked for) does not fit the model's context."""
+@dataclass
+class TokenStep:
+    """One token of ``stream_tokens``; ``finish_reason`` ("stop", "length", "cancelled") on the last."""
+
+    token: int
+    logprobs: mx.array
+    generation_tokens: int
+    prompt_tps: float
+    generation_tps: float
+    finish_reason: Optional[str] = None
 
 
 @dataclass
@@ -75,6 +122,7 @@ class GenerationResponse:
     generation_tps: float
     peak_memory: float
     finish_reason: Optional[str] = None
+    warnings: List[str] = field(default_factory=list)  # about the media as read (a short video)
 
 
 @dataclass
@@ -124,15 +172,17 @@ def stream_tokens(model, inputs, *, prompt_cache: Optional[PromptCache] = None, 
                   temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=1.0, seed=None,
                   eos_token_ids=(), cancel: Optional[Callable[[], bool]] = None,
                   progress: Optional[Callable[[int, int], None]] = None,
-                  prefill_step_size: int = PREFILL_STEP) -> Iterator[tuple]:
-    """Append ``inputs`` to ``prompt_cache`` and generate: yields (token, logprobs, n, prompt_tps,
-    generation_tps, finish_reason). After every yield the cache holds exactly what came before,
-    the prompt, and the tokens yielded (generate_step feeds a token to the model before it
-    yields it)."""
+                  prefill_step_size: int = PREFILL_STEP) -> Iterator[TokenStep]:
+    """Append ``inputs`` to ``prompt_cache`` and generate, one ``TokenStep`` a token. After every
+    yield the cache holds exactly what came before, the prompt, and the tokens yielded
+    (generate_step feeds a token to the model before it yields it)."""
+    check_all(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+              repetition_penalty=repetition_penalty, seed=seed)
+    note_current_thread()  # see threads.py: this thread must end before the interpreter does
     cache = prompt_cache if prompt_cache is not None else PromptCache.new(model)
     ids = inputs.input_ids.reshape(-1)
     n_ctx = model.config.text_config.max_position_embeddings
-    if len(cache.tokens) + ids.size + max(max_tokens, 0) > n_ctx:
+    if len(cache.tokens) + ids.size + max_tokens > n_ctx:
         raise ContextError(
             f"the conversation would need {len(cache.tokens) + ids.size} prompt tokens plus {max_tokens} for the "
             f"answer, but the model's context is {n_ctx}; use fewer video frames or images, shorter text, "
@@ -151,6 +201,8 @@ def stream_tokens(model, inputs, *, prompt_cache: Optional[PromptCache] = None, 
                         feature_cache.features(model, inputs.pixel_values_videos, inputs.target_sizes_videos, mode)),
     )[0]
     mx.eval(embeds)  # the vision tower runs once here, not once per prefill chunk
+    # 4.7: where the prompt's images and videos sit, continuing the conversation in the cache.
+    model.begin_prompt(cache.cache, ids[None], inputs.target_sizes, inputs.target_sizes_videos, mode)
     steps = generate_step(
         ids, model, max_tokens=max_tokens, sampler=sampler, logits_processors=processors,
         prompt_cache=cache.cache, prefill_step_size=prefill_step_size, input_embeddings=embeds,
@@ -167,7 +219,7 @@ def stream_tokens(model, inputs, *, prompt_cache: Optional[PromptCache] = None, 
         cache.tokens.append(token)
         finish = ("stop" if token in eos_token_ids else "length" if n >= max_tokens
                   else "cancelled" if cancel is not None and cancel() else None)
-        yield token, logprobs, n, prompt_tps, n / max(time.perf_counter() - gen_start, 1e-9), finish
+        yield TokenStep(token, logprobs, n, prompt_tps, n / max(time.perf_counter() - gen_start, 1e-9), finish)
         if finish:
             return
 
@@ -177,6 +229,11 @@ def stream_generate(model, processor, messages, *, max_tokens: int = 256,
                     **options) -> Iterator[GenerationResponse]:
     """Process ``messages`` (transformers chat form) and stream the answer.
 
+    Threads: one model may serve several threads at once (each call has its own state and
+    detokenizer; the vision-feature and decoded-video caches are locked), but a ``PromptCache``
+    belongs to one conversation and must not be used by two calls at the same time. Threads
+    that ran generation are waited for at interpreter exit (see ``threads.py``).
+
     ``options`` are sampling parameters (``temperature``, ``top_p``, ``top_k``, ``min_p``,
     ``repetition_penalty``; defaults from ``generation_config.json``) and processor options
     (``max_slice_nums``, ``downsample_mode``, ``max_num_frames``, ``enable_thinking``, ...).
@@ -184,23 +241,26 @@ def stream_generate(model, processor, messages, *, max_tokens: int = 256,
     ``cancel()`` is checked between tokens; ``progress(done, total)`` reports the prefill.
     """
     sampling_keys = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
-    params = {**generation_defaults(processor), **{k: options.pop(k) for k in sampling_keys if k in options}}
+    chosen = {k: options.pop(k) for k in sampling_keys if k in options}
+    check_all(max_tokens=max_tokens, seed=seed, **chosen)  # before any media is decoded
+    params = {**generation_defaults(processor), **{k: v for k, v in chosen.items() if v is not None}}
     if prompt_cache is not None:
         options.update(prompt_cache.continuation(processor))
     inputs = processor(messages, **options)
     detokenizer = processor.tokenizer.detokenizer
     detokenizer.reset()
     eos = set(processor.eos_token_ids)
-    for token, logprobs, n, ptps, gtps, finish in stream_tokens(
+    for step in stream_tokens(
         model, inputs, prompt_cache=prompt_cache, max_tokens=max_tokens, seed=seed, eos_token_ids=eos,
         cancel=cancel, progress=progress, **params,
     ):
-        if token not in eos:
-            detokenizer.add_token(token)
-        if finish:
+        if step.token not in eos:
+            detokenizer.add_token(step.token)
+        if step.finish_reason:
             detokenizer.finalize()
-        yield GenerationResponse(detokenizer.last_segment, token, logprobs, inputs.num_tokens, ptps, n, gtps,
-                                 mx.get_peak_memory() / 1e9, finish)
+        yield GenerationResponse(detokenizer.last_segment, step.token, step.logprobs, inputs.num_tokens,
+                                 step.prompt_tps, step.generation_tokens, step.generation_tps,
+                                 mx.get_peak_memory() / 1e9, step.finish_reason, inputs.warnings)
 
 
 def generate(model, processor, messages, **kwargs) -> str:
@@ -209,29 +269,53 @@ def generate(model, processor, messages, **kwargs) -> str:
 
 
 # -- command line ------------------------------------------------------------------------------
-def main(argv=None) -> int:
-    from .cli import add_sampling_args, options_from_args, report_errors, user_message
+def build_parser() -> argparse.ArgumentParser:
+    from .cli import add_media_args, add_sampling_args
 
     parser = argparse.ArgumentParser(description="Ask MiniCPM-V 4.6 about images and videos.")
     add_sampling_args(parser)
+    add_media_args(parser)
     parser.add_argument("--image", action="append", default=[], help="An image file (repeatable).")
     parser.add_argument("--video", action="append", default=[], help="A video file (repeatable).")
-    parser.add_argument("--prompt", required=True, help="The question or instruction.")
-    args = parser.parse_args(argv)
+    parser.add_argument("--prompt", required=True, help="The question or instruction; - reads it from standard input.")
+    parser.add_argument("--json", action="store_true",
+                        help="Print one JSON object (answer, token counts, speeds, peak memory) instead of streaming.")
+    return parser
+
+
+def main(argv=None) -> int:
+    """``python -m mlx_minicpmv generate``; see ``--help``."""
+    import json
+
+    from .cli import options_from_args, read_prompt, report_errors, system_message, user_message
+
+    args = build_parser().parse_args(argv)
 
     def run() -> int:
         from .loading import load
 
+        prompt = read_prompt(args.prompt)
+        messages = system_message(args.system) + [user_message(prompt, args.image, args.video)]
         model, processor = load(args.model)
-        last = None
-        for last in stream_generate(model, processor, [user_message(args.prompt, args.image, args.video)],
-                                    **options_from_args(args)):
-            print(last.text, end="", flush=True)
-        print()
-        print("=" * 10, file=sys.stderr)
-        print(f"Prompt: {last.prompt_tokens} tokens, {last.prompt_tps:.1f} tokens-per-sec\n"
-              f"Generation: {last.generation_tokens} tokens, {last.generation_tps:.1f} tokens-per-sec\n"
-              f"Peak memory: {last.peak_memory:.2f} GB", file=sys.stderr)
+        text, last = [], None
+        for last in stream_generate(model, processor, messages, **options_from_args(args)):
+            text.append(last.text)
+            if not args.json:
+                print(last.text, end="", flush=True)
+        if args.json:
+            print(json.dumps(dict(
+                text="".join(text), finish_reason=last.finish_reason, prompt_tokens=last.prompt_tokens,
+                generation_tokens=last.generation_tokens, prompt_tps=round(last.prompt_tps, 3),
+                generation_tps=round(last.generation_tps, 3), peak_memory_gb=round(last.peak_memory, 3),
+                warnings=last.warnings), ensure_ascii=False))
+        else:
+            print()
+            print("=" * 10, file=sys.stderr)
+            print(f"Prompt: {last.prompt_tokens} tokens, {last.prompt_tps:.1f} tokens-per-sec\n"
+                  f"Generation: {last.generation_tokens} tokens, {last.generation_tps:.1f} tokens-per-sec\n"
+                  f"Peak memory: {last.peak_memory:.2f} GB", file=sys.stderr)
+        for warning in last.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         return 0
 
     return report_errors(run, args.verbose)

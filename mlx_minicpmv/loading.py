@@ -6,18 +6,15 @@ from typing import Dict, Tuple
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_unflatten
 
 from .config import ModelConfig
+from .cpu import seam
+from .errors import CheckpointError
 from .model import Model
-from .model.gemv_layers import use_gemv
 
 # What a converted or original checkpoint directory must or may hold, for downloads.
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, truncated or of another model."""
 
 
 def resolve(path_or_repo, allow_patterns=ALLOW_PATTERNS, tqdm_class=None) -> Path:
@@ -32,6 +29,12 @@ def resolve(path_or_repo, allow_patterns=ALLOW_PATTERNS, tqdm_class=None) -> Pat
         raise CheckpointError(
             f"{path_or_repo}: no such directory, and not a Hugging Face repo id (owner/name)"
         )
+    if path.parent.is_dir():  # models/nope: a mistyped local path, not a repo of a user "models"
+        near = sorted(p.name for p in path.parent.iterdir() if p.is_dir() and not p.name.startswith("."))[:5]
+        raise CheckpointError(
+            f"{path_or_repo}: no such directory ({path.parent} holds {', '.join(near) or 'no model folders'}); "
+            "check the name, or make the model there with convert.py"
+        )
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
@@ -41,9 +44,9 @@ def resolve(path_or_repo, allow_patterns=ALLOW_PATTERNS, tqdm_class=None) -> Pat
         raise CheckpointError(f"{path_or_repo}: no such repo on the Hugging Face Hub (or it is private)") from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
         raise CheckpointError(
-            f"cannot download {path_or_repo}: the Hugging Face Hub is not reachable and the model is "
-            f"not in the local cache ({type(e).__name__}); connect to the internet, or pass a local "
-            "directory made by convert.py"
+            f"cannot download {path_or_repo}: there is no such local directory, the Hugging Face Hub is not "
+            f"reachable and the model is not in the local cache ({type(e).__name__}); connect to the internet, "
+            "or pass a local directory made by convert.py"
         ) from None
 
 
@@ -60,6 +63,19 @@ def load_config(path: Path) -> dict:
 def read_weights(path: Path) -> Tuple[Dict[str, mx.array], Dict[str, str]]:
     """All tensors of the directory's safetensors files (lazily), and the file of each."""
     files = sorted(path.glob("*.safetensors"))
+    index = path / "model.safetensors.index.json"
+    if index.is_file():  # a split checkpoint names its shards: a missing one is named, not counted
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{index}: not a valid weight index ({e}); download or convert the model again") from None
+        missing = [s for s in shards if not (path / s).is_file()]
+        if missing:
+            raise CheckpointError(
+                f"{path}: {', '.join(missing[:3])}{' and more' if len(missing) > 3 else ''} "
+                f"{'is' if len(missing) == 1 else 'are'} missing ({len(shards)} shard{'s' * (len(shards) > 1)} listed in "
+                f"{index.name}); "
+                "the download or conversion is incomplete, download or convert it again")
     if not files:
         raise CheckpointError(f"{path}: no *.safetensors weight files; the conversion or download is incomplete")
     weights, origin = {}, {}
@@ -74,6 +90,30 @@ def read_weights(path: Path) -> Tuple[Dict[str, mx.array], Dict[str, str]]:
         weights.update(part)
         origin.update(dict.fromkeys(part, file.name))
     return weights, origin
+
+
+# mlx-vlm's MiniCPM-V conversions (mlx-community's, what LM Studio downloads) nest the language
+# model one level deeper and keep the window merger at the top; every other name, the norm
+# offsets and the conv layouts are already ours. Its quantisation config is mlx-lm's.
+MLX_VLM_PREFIXES = (("language_model.model.", "language_model."), ("vit_merger.", "vision_tower.vit_merger."))
+
+
+def from_mlx_vlm(name: str) -> str:
+    """Our name for a weight (or quantised layer) of an mlx-vlm conversion; ours pass unchanged."""
+    for theirs, ours in MLX_VLM_PREFIXES:
+        if name.startswith(theirs):
+            return ours + name[len(theirs):]
+    return name
+
+
+def our_names(weights: dict, origin: dict, config: dict):
+    """``weights``, ``origin`` and ``config``'s per-layer quantisation entries under our names."""
+    weights = {from_mlx_vlm(k): v for k, v in weights.items()}
+    origin = {from_mlx_vlm(k): v for k, v in origin.items()}
+    q = config.get("quantization")
+    if isinstance(q, dict):
+        config = dict(config, quantization={from_mlx_vlm(k): v for k, v in q.items()})
+    return weights, origin, config
 
 
 def build_model(config: dict) -> Model:
@@ -115,6 +155,14 @@ def check_weights(model: Model, weights: Dict[str, mx.array], origin: Dict[str, 
                 f"config.json implies {tuple(expected[key].shape)}"
             )
             break
+    for key in sorted(set(expected) & set(weights)):
+        # Any float width loads (and is cast); integers only where the layer holds them (quantised)
+        want, got = expected[key].dtype, weights[key].dtype
+        if (mx.issubdtype(want, mx.floating) and not mx.issubdtype(got, mx.floating)) or \
+                (not mx.issubdtype(want, mx.floating) and got != want):
+            problems.append(f"{origin.get(key, '?')}: {key} is {got}, where the model needs "
+                            f"{'a float type' if mx.issubdtype(want, mx.floating) else want}")
+            break
     if problems:
         raise CheckpointError(
             f"{where}: the weights do not match config.json: " + "; ".join(problems)
@@ -122,75 +170,92 @@ def check_weights(model: Model, weights: Dict[str, mx.array], origin: Dict[str, 
         )
 
 
-def default_compute_dtype():
-    """float32 where MLX runs on the CPU, else the stored precision.
-
-    MLX's CPU backend multiplies bf16 matrices ~34x and quantised ones ~700x slower than
-    fp32 (measured on the CI machine: 7.5 and 0.35 against 257 GFLOP/s), so there a half-precision or
-    quantised checkpoint is widened once at load, at the memory cost of fp32 weights. On Metal
-    (and CUDA) the stored precision runs as is.
-    """
-    return mx.float32 if mx.default_device() == mx.cpu else None
-
-
-def widen(model: Model, dtype) -> None:
-    """Dequantise every quantised layer (mlx-lm's ``dequantize_model``) and cast the floating
-    parameters to ``dtype``."""
-    from mlx_lm.utils import dequantize_model
-
-    dequantize_model(model)
-    model.set_dtype(dtype)
-
-
-def transpose_tied_head(model: Model) -> None:
-    """Hold the tied embedding as a transposed view of a (hidden, vocab) array on the CPU,
-    where the GEMV extension (model/gemv_layers.py, 20 ms for the head) is unavailable.
-
-    MLX's CPU matmul is always a GEMM, and for one decoded token ``h @ W.T`` over the 248k x
-    1024 head took 76 ms against 48 ms with the transposed layout (measured), a seventh of a
-    decode step. The view leaves the math and the memory as they were; embedding lookups
-    gather columns instead (6 ms for 512 tokens). The copy costs ~4 s once at load.
-    """
-    emb = model.language_model.embed_tokens
-    if model.config.text_config.tie_word_embeddings and isinstance(emb, nn.Embedding):
-        emb.weight = mx.contiguous(emb.weight.T).T
-
-
-def load_model(path, lazy: bool = False, compute_dtype="auto") -> Model:
-    """A model from a local directory holding an HF or converted checkpoint.
-
-    ``compute_dtype``: "auto" (``default_compute_dtype``), None to run the stored precision,
-    or an MLX floating dtype that every layer is widened to (see ``widen``).
-    """
-    path = Path(path)
+def read_checkpoint(path: Path) -> Tuple[dict, Model, Dict[str, mx.array]]:
+    """What ``load`` and ``convert`` both read: ``config.json``, the model it describes (with
+    quantised layers where the checkpoint has quantised weights), and the weights (lazily, in
+    this package's layout, mlx-vlm's names mapped), checked against the model. Nothing is
+    loaded into it yet."""
     config = load_config(path)
     model = build_model(config)
     weights, origin = read_weights(path)
+    weights, origin, config = our_names(weights, origin, config)
     weights = model.sanitize(weights)
     origin = {k: origin.get(k) or origin.get(f"model.{k}") for k in weights}
     apply_quantization(model, config, weights)
     check_weights(model, weights, origin, path)
+    return config, model, weights
+
+
+def default_compute_dtype(cpu_kernels=None):
+    """What ``compute_dtype="auto"`` means: the CPU seam's dtype where it applies
+    (``cpu/seam.py``: float32), else None, the stored precision (Metal, CUDA)."""
+    return seam.compute_dtype() if seam.applies(cpu_kernels) else None
+
+
+def widen(model: Model, dtype, keep=None) -> None:
+    """Cast the floating parameters to ``dtype``, then dequantise every quantised layer (as
+    mlx-lm's ``dequantize_model``), except in the layers ``keep(layer)`` holds for: the CPU
+    kernels read those as stored (``cpu/kernel_layers.py``). Scales and biases are widened
+    first, so a layer stored with bf16 scales dequantises to exactly what its quantised matmul
+    computes, not a bf16 rounding of it (mlx-vlm's 8-bit files: logits 0.29 from mlx-vlm's own
+    float32 forward the other way round, 1e-4 this way)."""
+    keep = keep or (lambda layer: False)
+    kept = {id(m) for _, m in model.named_modules() if keep(m)}
+
+    def cast():
+        model.apply(lambda a: a.astype(dtype) if mx.issubdtype(a.dtype, mx.floating) else a,
+                    lambda module, key, value: nn.Module.valid_parameter_filter(module, key, value)
+                    and id(module) not in kept)
+
+    cast()
+    swaps = []
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) and id(m) not in kept:
+            w = mx.dequantize(m["weight"], m["scales"], m.get("biases"), m.group_size, m.bits, mode=m.mode)
+            new = nn.Linear(w.shape[1], w.shape[0], bias="bias" in m) if isinstance(m, nn.QuantizedLinear) else nn.Embedding(*w.shape)
+            new.weight = w
+            if "bias" in m:
+                new.bias = m["bias"]
+            swaps.append((name, new))
+    if swaps:
+        model.update_modules(tree_unflatten(swaps))
+
+
+def load_model(path, lazy: bool = False, compute_dtype="auto", cpu_kernels=None) -> Model:
+    """A model from a local directory holding an HF checkpoint (converted in memory, lazily,
+    at its own precision), ours, or mlx-vlm's conversion (mlx-community's) as it is.
+
+    ``compute_dtype``: "auto" (``default_compute_dtype``), None to run the stored precision,
+    or an MLX floating dtype that every layer is widened to (see ``widen``).
+    ``cpu_kernels``: whether the CPU specialisations go in where MLX runs on the CPU (None: as
+    ``MLX_MINICPMV_CPU_KERNELS`` says, on by default; False: the portable path, as on Metal).
+    """
+    _, model, weights = read_checkpoint(Path(path))
     model.load_weights(list(weights.items()), strict=True)
     if compute_dtype == "auto":
-        compute_dtype = default_compute_dtype()
+        compute_dtype = default_compute_dtype(cpu_kernels)
     if compute_dtype is not None:
-        widen(model, compute_dtype)
-    if mx.default_device() == mx.cpu and not use_gemv(model.language_model):
-        transpose_tied_head(model)
+        # fp32 where the seam applies: there the layers its kernels read stay as stored
+        keep = seam.keeps_stored if seam.applies(cpu_kernels) and compute_dtype == mx.float32 else None
+        widen(model, compute_dtype, keep)
+    if seam.applies(cpu_kernels):
+        seam.specialise(model)
     if not lazy:
         mx.eval(model.parameters())
     model.eval()
     return model
 
 
-def load(path_or_repo, lazy: bool = False, compute_dtype="auto"):
+def load(path_or_repo, lazy: bool = False, compute_dtype="auto", cpu_kernels=None):
     """``(model, processor)`` from a converted directory, an HF checkpoint directory or a repo id.
 
-    On MLX's CPU backend the weights run in float32 whatever their stored precision
-    (``compute_dtype="auto"``; see ``default_compute_dtype``); ``compute_dtype=None`` keeps it.
+    On MLX's CPU backend the CPU specialisations go in (``mlx_minicpmv/cpu``) and the weights
+    run in float32 whatever their stored precision (``compute_dtype="auto"``);
+    ``compute_dtype=None`` keeps the stored precision, and ``cpu_kernels=False`` (or
+    ``MLX_MINICPMV_CPU_KERNELS=off``) runs the portable model, the one Metal runs, on the CPU.
     """
     from .processing.processor import Processor
 
     path = resolve(path_or_repo)
-    model = load_model(path, lazy=lazy, compute_dtype=compute_dtype)
+    model = load_model(path, lazy=lazy, compute_dtype=compute_dtype, cpu_kernels=cpu_kernels)
     return model, Processor.from_pretrained(path)

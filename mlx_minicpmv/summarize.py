@@ -1,8 +1,10 @@
-"""Summarise a video into timed chapters: ``python -m mlx_minicpmv.summarize VIDEO --model M``.
+"""Summarise a video into timed chapters: ``python -m mlx_minicpmv summarize VIDEO --model M``.
 
     --out summary.md   --format md|srt|vtt|json   --max-frames 8 (per segment)   --segment-seconds 60
 
-The result is written atomically; a progress line shows segments done and the time left.
+``--out`` is checked before any work (a folder, a path that cannot be written); the result is
+written atomically, and if writing still fails the summary goes to standard output instead of
+being lost. A progress line shows segments done and the time left.
 """
 
 import argparse
@@ -11,25 +13,29 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .files import write_atomic
+from .options import argtype
 from .summary import FORMATS, summarize
 from .summary.export import short
 
 __all__ = ["summarize", "main"]
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Temporary file beside ``path``, flushed, then renamed over it: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def check_writable(out: Path) -> None:
+    """Fail now, in one line, if the summary could not be written to ``out`` later."""
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {out} is a folder; give a file name such as {out / 'summary.md'}")
+    parent = out.parent
+    while not parent.exists():  # write_atomic makes the missing folders; the first existing one must take them
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(f"--out {out}: {parent} is a file, not a folder; choose another place")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out {out}: {parent} is not writable; choose another place")
+    if parent == out.parent:
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", dir=parent)  # what write_atomic will do
+        os.close(fd)
+        os.unlink(probe)
 
 
 def main(argv=None) -> int:
@@ -41,18 +47,22 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="Output file (default: print to stdout).")
     parser.add_argument("--format", choices=sorted(FORMATS), default=None,
                         help="md, srt, vtt or json (default: from --out's suffix, else md).")
-    parser.add_argument("--max-frames", type=int, default=8, help="Frames the model sees per segment.")
-    parser.add_argument("--segment-seconds", type=float, default=60.0, help="Target segment length.")
+    parser.add_argument("--max-frames", type=argtype("frames_per_segment"), default=8,
+                        help="Frames the model sees per segment.")
+    parser.add_argument("--segment-seconds", type=argtype("segment_seconds"), default=60.0, help="Target segment length.")
     parser.add_argument("--no-scenes", action="store_true", help="Cut by time only, not at scene changes.")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
-    fmt = args.format or (Path(args.out).suffix.lstrip(".") if args.out else "md")
-    if fmt not in FORMATS:
-        parser.error(f"unknown format {fmt!r}; use one of {', '.join(sorted(FORMATS))}")
 
     def run() -> int:
         from .loading import load
 
+        if args.out:
+            check_writable(Path(args.out))
+        fmt = args.format or (Path(args.out).suffix.lstrip(".") if args.out else "md")
+        if fmt not in FORMATS:
+            raise ValueError(f"--out {args.out}: unknown format {fmt!r}; end the name with .md, .srt, .vtt or "
+                             ".json, or pass --format")
         model, processor = load(args.model)
         summary = None
         for event in summarize(model, processor, args.video, segment_seconds=args.segment_seconds,
@@ -62,14 +72,20 @@ def main(argv=None) -> int:
             summary = event.summary or summary
         print(file=sys.stderr)
         text = FORMATS[fmt](summary)
+        written = False
         if args.out:
-            write_atomic(Path(args.out), text)
-            print(f"wrote {args.out}", file=sys.stderr)
-        else:
+            try:
+                write_atomic(Path(args.out), text)
+                written = True
+                print(f"wrote {args.out}", file=sys.stderr)
+            except OSError as e:
+                print(f"error: could not write {args.out} ({e.strerror or e}); here is the summary instead:",
+                      file=sys.stderr)
+        if not written:
             print(text)
         for warning in summary.warnings:
             print(f"warning: {warning}", file=sys.stderr)
-        return 0
+        return 0 if written or not args.out else 1
 
     return report_errors(run, args.verbose)
 

@@ -1,8 +1,10 @@
-"""Random MiniCPM-V 4.6 checkpoints built with transformers itself (spec §13, §14).
+"""Random MiniCPM-V 4.6 and 4.7 checkpoints built with transformers itself (spec §13, §14).
 
 No real weights are reachable from the machines this project is tested on, so the reference
 implementation builds small random models that exercise every code path; the port must match
 it on them. ``build_checkpoint`` writes a directory laid out like the real Hugging Face repo.
+``version="4.7"`` builds ``MiniCPMV4_7ForConditionalGeneration`` (canvas M-RoPE): the same
+weights plus the canvas marker ids in config.json.
 """
 
 import json
@@ -85,9 +87,22 @@ def build_tokenizer(vocab_size: int = 400):
     )
 
 
-def tiny_config(vocab_size: int, tokenizer=None, **overrides):
+def marker_ids(tokenizer) -> dict:
+    """4.7's canvas anchors, resolved from the tokenizer as the reference's converter does."""
+    ids = dict(image_start_id="<image>", image_end_id="</image>", slice_start_id="<slice>", slice_end_id="</slice>")
+    ids = {k: tokenizer.convert_tokens_to_ids(v) for k, v in ids.items()}
+    (newline,) = tokenizer.encode("\n", add_special_tokens=False)
+    return dict(ids, newline_id=newline)
+
+
+def config_class(version: str):
+    from transformers import MiniCPMV4_6Config, MiniCPMV4_7Config
+
+    return {"4.6": MiniCPMV4_6Config, "4.7": MiniCPMV4_7Config}[version]
+
+
+def tiny_config(vocab_size: int, tokenizer=None, version: str = "4.6", **overrides):
     """The spec §13 tiny config, with ``overrides`` for the vision / text parts and top level."""
-    from transformers import MiniCPMV4_6Config
 
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
                   image_size=980, patch_size=14, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
@@ -97,7 +112,7 @@ def tiny_config(vocab_size: int, tokenizer=None, **overrides):
         layer_types=["linear_attention"] * 3 + ["full_attention"],
         num_attention_heads=4, num_key_value_heads=2, head_dim=32,
         linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
-        linear_value_head_dim=16, linear_conv_kernel_dim=4, tie_word_embeddings=True,
+        linear_value_head_dim=16, linear_conv_kernel_dim=4,
         rope_parameters={"rope_type": "default", "rope_theta": 1e7, "partial_rotary_factor": 0.25},
         partial_rotary_factor=0.25, rms_norm_eps=1e-6, max_position_embeddings=4096,
     )
@@ -108,8 +123,13 @@ def tiny_config(vocab_size: int, tokenizer=None, **overrides):
         ids = dict(image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
                    video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
                    eos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"))
-    return MiniCPMV4_6Config(vision_config=vision, text_config=text, insert_layer_id=overrides.pop("insert_layer_id", 1),
-                             tie_word_embeddings=True, **ids, **overrides)
+        if version == "4.7":
+            ids.update(marker_ids(tokenizer))
+    # HF ties the head by the top-level flag; the text config's copy follows it.
+    tie = overrides.pop("tie_word_embeddings", True)
+    text["tie_word_embeddings"] = tie
+    return config_class(version)(vision_config=vision, text_config=text, tie_word_embeddings=tie,
+                                 insert_layer_id=overrides.pop("insert_layer_id", 1), **ids, **overrides)
 
 
 def randomize(model, seed: int = 0):
@@ -140,33 +160,59 @@ def write_metadata(path: Path, tokenizer, config) -> None:
     ref = reference_dir()
     tokenizer.save_pretrained(path)
     shutil.copyfile(ref / "chat_template.jinja", path / "chat_template.jinja")
-    shutil.copyfile(ref / "preprocessor_config.json", path / "preprocessor_config.json")
+    preprocessor = json.loads((ref / "preprocessor_config.json").read_text())
+    if config.model_type == "minicpmv4_7":
+        # 4.7 reads the downsample mode from config.json, and some of its checkpoints name no
+        # scale_resolution or patch_size (the class defaults apply): the processor must cope.
+        preprocessor = {k: v for k, v in preprocessor.items() if k not in ("scale_resolution", "patch_size")}
+        preprocessor["processor_class"] = "MiniCPMV4_7Processor"
+    (path / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
     gen = json.loads((ref / "generation_config.json").read_text())
     eos = [tokenizer.convert_tokens_to_ids("<|endoftext|>"), tokenizer.convert_tokens_to_ids("<|im_end|>")]
     gen.update(bos_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"), eos_token_id=eos)
     (path / "generation_config.json").write_text(json.dumps(gen, indent=2))
 
 
-def build_checkpoint(path, seed: int = 0, dtype=None, real: bool = False, **overrides):
+def real_config(tokenizer, version: str = "4.6"):
+    """The real 4.6 config (spec §2). No 4.7 config.json was reachable: its 1B is described
+    as the same 27-layer tower and 24-layer Qwen3.5 text model at 1.55 B parameters, which is
+    4.6's 1.30 B plus an untied 248094 x 1024 head, so 4.7 here is 4.6's config untied, with
+    the canvas marker ids (an inference, not a copy of the real file)."""
+    params = json.loads((reference_dir() / "config.json").read_text())
+    # The stand-in tokenizer numbers its added tokens after its small base vocabulary.
+    params["image_token_id"] = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    params["video_token_id"] = tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    if version == "4.7":
+        params.update(model_type="minicpmv4_7", architectures=["MiniCPMV4_7ForConditionalGeneration"],
+                      tie_word_embeddings=False, **marker_ids(tokenizer))
+        params.pop("drop_vision_last_layer")
+        params["vision_config"] = dict(params["vision_config"], model_type="minicpmv4_7_vision")
+        params["text_config"] = dict(params["text_config"], tie_word_embeddings=False)
+    return config_class(version).from_dict(params)
+
+
+def model_class(version: str):
+    from transformers import MiniCPMV4_6ForConditionalGeneration, MiniCPMV4_7ForConditionalGeneration
+
+    return {"4.6": MiniCPMV4_6ForConditionalGeneration, "4.7": MiniCPMV4_7ForConditionalGeneration}[version]
+
+
+def build_checkpoint(path, seed: int = 0, dtype=None, real: bool = False, version: str = "4.6", **overrides):
     """Write a random checkpoint to ``path`` and return the transformers model (eval, fp32).
 
     ``real=True`` uses the real config (spec §14, for benchmarks and size checks).
     """
     import torch
-    from transformers import MiniCPMV4_6Config, MiniCPMV4_6ForConditionalGeneration
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
     if real:
-        config = MiniCPMV4_6Config.from_pretrained(reference_dir())
-        # The stand-in tokenizer numbers its added tokens after its small base vocabulary.
-        config.image_token_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
-        config.video_token_id = tokenizer.convert_tokens_to_ids("<|video_pad|>")
+        config = real_config(tokenizer, version)
     else:
-        config = tiny_config(len(tokenizer), tokenizer, **overrides)
+        config = tiny_config(len(tokenizer), tokenizer, version, **overrides)
     torch.manual_seed(seed)
-    model = MiniCPMV4_6ForConditionalGeneration(config).eval()
+    model = model_class(version)(config).eval()
     if not real:
         randomize(model, seed)
     if dtype is not None:

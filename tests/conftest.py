@@ -29,6 +29,35 @@ CONFIGS = {
     ),
 }
 
+# MiniCPM-V 4.7 (canvas M-RoPE): an untied head in 16x mode (as the 1B's 1.55 B parameters
+# imply), and in 4x mode a tied one with mrope sections other than the default [11, 11, 10]
+# (head_dim 64: 8 rotary frequencies, so the sections decide which axis each one turns with).
+CANVAS_CONFIGS = {
+    "canvas": dict(version="4.7", seed=2, tie_word_embeddings=False,
+                   text=dict(linear_key_head_dim=32, linear_value_head_dim=32)),
+    "canvas-4x": dict(
+        version="4.7", seed=4, insert_layer_id=2, downsample_mode="4x",
+        vision=dict(hidden_size=48, num_attention_heads=3, num_hidden_layers=4, intermediate_size=96),
+        text=dict(num_attention_heads=2, num_key_value_heads=1, head_dim=64, linear_num_key_heads=2,
+                  linear_num_value_heads=2, linear_key_head_dim=32, linear_value_head_dim=32,
+                  rope_parameters={"rope_type": "default", "rope_theta": 1e7, "partial_rotary_factor": 0.25,
+                                   "mrope_section": [4, 1, 3]},
+                  layer_types=["full_attention", "linear_attention", "linear_attention", "full_attention"]),
+    ),
+}
+CONFIGS.update(CANVAS_CONFIGS)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cpu_extension_built():
+    """On a fresh machine the first model load builds the CPU GEMV extension (15-80 s, once per
+    MLX version, cached): build it before any test rather than inside one that waits on a timer
+    (the app's 60 s waits failed so on a fresh clone)."""
+    from mlx_minicpmv.cpu import gemv, kernels
+
+    gemv.load()
+    kernels.load()  # the quantised/half kernels (mlx_minicpmv/cpu/kernels), likewise
+
 
 @pytest.fixture(scope="session")
 def torch_threads():
@@ -46,16 +75,18 @@ class Tiny:
 
         self.name = name
         self.hf_path = root / f"hf-{name}"
-        self.hf = build_checkpoint(self.hf_path, seed=1 if name == "alt" else 0, **CONFIGS[name])
+        self.hf = build_checkpoint(self.hf_path, **{"seed": 1 if name == "alt" else 0, **CONFIGS[name]})
         self.mlx_path = convert(str(self.hf_path), str(root / f"mlx-{name}"), dtype="float32")
-        self._loaded = None
+        self._loaded = {}
 
-    def load(self):
+    def load(self, cpu_kernels: bool = True):
+        """(model, processor) of the fp32 conversion: on the CPU path (mlx_minicpmv/cpu's
+        specialisations in), or with ``cpu_kernels=False`` on the portable path that Metal runs."""
         from mlx_minicpmv import load
 
-        if self._loaded is None:
-            self._loaded = load(self.mlx_path)
-        return self._loaded
+        if cpu_kernels not in self._loaded:
+            self._loaded[cpu_kernels] = load(self.mlx_path, cpu_kernels=cpu_kernels)
+        return self._loaded[cpu_kernels]
 
     @property
     def hf64(self):
@@ -77,15 +108,48 @@ def tiny_root(tmp_path_factory):
     return tmp_path_factory.mktemp("tiny")
 
 
+def tiny_model(request, name: str) -> Tiny:
+    """The tiny checkpoint ``name`` of CONFIGS, built once per session."""
+    cache = request.config.cache_tiny = getattr(request.config, "cache_tiny", {})
+    if name not in cache:
+        cache[name] = Tiny(request.getfixturevalue("tiny_root"), name)
+    return cache[name]
+
+
 @pytest.fixture(scope="session")
-def tiny(tiny_root, torch_threads):
-    return Tiny(tiny_root, "base")
+def tiny(request, torch_threads):
+    return tiny_model(request, "base")
+
+
+@pytest.fixture(scope="session")
+def alt_tiny(request, torch_threads):
+    return tiny_model(request, "alt")
 
 
 @pytest.fixture(scope="session", params=sorted(CONFIGS))
-def any_tiny(request, tiny_root, torch_threads):
-    """Each tiny config in turn (built once per session)."""
-    cache = request.config.cache_tiny = getattr(request.config, "cache_tiny", {})
-    if request.param not in cache:
-        cache[request.param] = Tiny(tiny_root, request.param) if request.param != "base" else request.getfixturevalue("tiny")
-    return cache[request.param]
+def any_tiny(request, torch_threads):
+    """Each tiny config, 4.6 and 4.7, in turn (built once per session)."""
+    return tiny_model(request, request.param)
+
+
+@pytest.fixture(scope="session", params=sorted(CANVAS_CONFIGS))
+def canvas_tiny(request, torch_threads):
+    """Each tiny 4.7 config in turn (built once per session)."""
+    return tiny_model(request, request.param)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "torchvision: compares with transformers' video processor, which needs torchvision; left out "
+        "of the default run, run by scripts/test_torchvision.sh (pytest -m torchvision in its own venv)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Leave the torchvision-marked tests out unless ``-m`` names the marker: deselected (and
+    counted as such), since the default suite's torch has no torchvision to run them."""
+    if "torchvision" in (config.getoption("markexpr") or ""):
+        return
+    kept = [item for item in items if item.get_closest_marker("torchvision") is None]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept

@@ -1,6 +1,7 @@
 """convert.py: layout, atomic writes, dtypes and quantisation, and its command line."""
 
 import json
+import os
 
 import mlx.core as mx
 import numpy as np
@@ -30,13 +31,114 @@ def test_conversion_layout(tiny):
 
 def test_refuses_to_overwrite_unless_forced(tiny, tmp_path):
     target = tmp_path / "m"
-    target.mkdir()
-    (target / "keep.txt").write_text("mine")
+    convert(str(tiny.hf_path), str(target), dtype="float32")
     with pytest.raises(FileExistsError, match="already exists; pass --force"):
         convert(str(tiny.hf_path), str(target), dtype="float32")
-    assert (target / "keep.txt").read_text() == "mine"
-    convert(str(tiny.hf_path), str(target), dtype="float32", force=True)
-    assert (target / "model.safetensors").exists() and not (target / "keep.txt").exists()
+    stale = target / "model.safetensors"
+    stale.write_bytes(b"stale")
+    convert(str(tiny.hf_path), str(target), dtype="float32", force=True)  # a converted model is replaced
+    assert stale.stat().st_size > 100 and sorted(tmp_path.iterdir()) == [target]
+
+
+def project_dir(root):
+    """A directory of the user's own work: what --force must never delete."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "thesis.tex").write_text("years of work")
+    (root / "data").mkdir()
+    (root / "data" / "results.csv").write_text("1,2,3")
+    return root
+
+
+def tree(root):
+    return sorted((str(p.relative_to(root)), p.read_bytes() if p.is_file() else None) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("case", ["project", "project with a model config", "empty", "regular file",
+                                  "the source itself", "current directory"])
+def test_force_replaces_only_a_converted_model(tiny, tmp_path, monkeypatch, capsys, case):
+    """--force on anything but a directory convert.py made is refused in one line naming what
+    is in the way, and nothing is touched (no stray .old- or .partial- entries either)."""
+    import shutil
+
+    source = tiny.hf_path
+    if case == "project":
+        target = project_dir(tmp_path / "work")
+    elif case == "project with a model config":  # a model's config.json beside the user's files
+        target = project_dir(tmp_path / "work")
+        shutil.copyfile(tiny.mlx_path / "config.json", target / "config.json")
+        shutil.copyfile(tiny.mlx_path / "model.safetensors", target / "model.safetensors")
+    elif case == "empty":
+        target = tmp_path / "empty"
+        target.mkdir()
+    elif case == "regular file":
+        target = tmp_path / "notes.txt"
+        target.write_text("keep")
+    elif case == "the source itself":
+        source = tmp_path / "hf"
+        shutil.copytree(tiny.hf_path, source)
+        target = source
+    else:
+        target = project_dir(tmp_path / "project")
+        monkeypatch.chdir(target)
+    before = tree(tmp_path)
+    mlx_path = "." if case == "current directory" else str(target)
+    code = main(["--hf-path", str(source), "--mlx-path", mlx_path, "--force"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "\n" not in err and "choose another --mlx-path" in err, err
+    expected = {"project": "thesis.tex", "project with a model config": "data, thesis.tex", "empty": "it is empty",
+                "regular file": "is a file", "the source itself": "holds the checkpoint being converted",
+                "current directory": "thesis.tex"}[case]
+    assert expected in err, err
+    assert tree(tmp_path) == before
+
+
+def test_written_files_follow_the_umask(tiny, tmp_path):
+    """Converted models are shared like any folder: 0755/0644 under umask 022, not mkdtemp's 0700."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        out = convert(str(tiny.hf_path), str(tmp_path / "shared"), dtype="float32")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(f.stat().st_mode) for f in out.iterdir()} == {0o644}
+
+
+def test_interrupt_while_importing_prints_no_traceback(tmp_path):
+    """Ctrl-C during convert.py's imports (seconds of MLX and tokenizer libraries) ends quietly."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    fake = tmp_path / "mlx_lm"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise KeyboardInterrupt\n")  # as if Ctrl-C came while it loaded
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{root}")
+    run = subprocess.run([sys.executable, str(root / "convert.py"), "--hf-path", "x", "--mlx-path", str(tmp_path / "o")],
+                         env=env, capture_output=True, text=True)
+    assert run.returncode == 130 and "Traceback" not in run.stderr and "interrupted" in run.stderr
+
+
+def test_forced_conversion_keeps_the_old_model_until_the_new_one_is_written(tiny, tmp_path, monkeypatch):
+    """--force over a working model that then fails (full disk): the old model still loads."""
+    import mlx_lm.utils
+
+    target = convert(str(tiny.hf_path), str(tmp_path / "m"), dtype="float32")
+    before = sorted(p.name for p in target.iterdir())
+
+    def full_disk(path, model, **kw):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mlx_lm.utils, "save_model", full_disk)
+    with pytest.raises(OSError, match="no space left"):
+        convert(str(tiny.hf_path), str(target), dtype="bfloat16", force=True)
+    assert sorted(p.name for p in target.iterdir()) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m"], "no partial directory is left behind"
+    load(target)  # and loads
+    assert json.loads((target / "config.json").read_text())["dtype"] == "float32"
 
 
 @pytest.mark.parametrize("failure", [KeyboardInterrupt(), OSError(28, "No space left on device")])
@@ -91,7 +193,7 @@ VARIANTS = {
 def test_lower_precision_conversions_load_and_generate(tiny, tmp_path, variant):
     kwargs, mean_bound, min_corr = VARIANTS[variant]
     out = convert(str(tiny.hf_path), str(tmp_path / variant), **kwargs)
-    model, processor = load(out, compute_dtype=None)  # the stored precision, as on Metal
+    model, processor = load(out, compute_dtype=None, cpu_kernels=False)  # the stored precision, as on Metal
     config = json.loads((out / "config.json").read_text())
     if kwargs.get("quantize"):
         assert config["quantization"]["bits"] == kwargs["q_bits"]
@@ -109,18 +211,23 @@ def test_lower_precision_conversions_load_and_generate(tiny, tmp_path, variant):
     corr = np.corrcoef(ours.ravel(), ref.ravel())[0, 1]
     print(f"{variant}: |logit error| vs fp32 mean {error.mean():.4f} max {error.max():.4f}, correlation {corr:.4f}")
     assert error.mean() < mean_bound and corr > min_corr
-    tokens = [t for t, *_ in stream_tokens(model, inputs, max_tokens=8, temperature=0.0)]
+    tokens = [s.token for s in stream_tokens(model, inputs, max_tokens=8, temperature=0.0)]
     assert len(tokens) == 8
 
 
 @pytest.mark.parametrize("variant", ["bfloat16", "4-bit"])
-def test_cpu_widens_half_and_quantised_weights_to_float32(tiny, tmp_path, variant):
-    """On the CPU backend ``load`` runs every checkpoint in fp32 (its bf16 and quantised matmuls
-    are far slower): the same function as the stored precision, computed wider."""
+def test_cpu_widens_half_and_quantised_weights_to_float32(tiny, tmp_path, variant, monkeypatch):
+    """Where the CPU kernels are unavailable (tests/test_cpu_kernels.py covers them), ``load``
+    runs every checkpoint in fp32 on the CPU backend (its bf16 and quantised matmuls are far
+    slower): the same function as the stored precision, computed wider."""
     import mlx.nn as nn
     from mlx.utils import tree_flatten
 
+    from mlx_minicpmv.cpu import kernels as cpu_kernels
     from mlx_minicpmv.loading import default_compute_dtype
+
+    monkeypatch.setattr(cpu_kernels, "_module", None)
+    monkeypatch.setattr(cpu_kernels, "_failed", "off for this test")
 
     assert mx.default_device() == mx.cpu and default_compute_dtype() == mx.float32
     kwargs = VARIANTS[variant][0]

@@ -1,11 +1,11 @@
-"""The CPU fast exp family (model/cpu_math.py) against float64, and against MLX's own ops."""
+"""The CPU fast exp family (cpu/fast_math.py) against float64, and against MLX's own ops."""
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
 
-from mlx_minicpmv.model import cpu_math
+from mlx_minicpmv.cpu import fast_math
 
 
 def reference(name, x, y=None):
@@ -21,13 +21,13 @@ def reference(name, x, y=None):
 
 
 def ours(name, x, y=None):
-    f = getattr(cpu_math, name)
+    f = getattr(fast_math, name)
     return np.array(f(mx.array(x), mx.array(y)) if name == "swiglu" else f(mx.array(x)))
 
 
 @pytest.mark.parametrize("name", ["exp", "sigmoid", "silu", "swiglu", "gelu_tanh"])
 def test_matches_float64_as_closely_as_mlx(name):
-    assert cpu_math.fast(mx.zeros(1)), "the fast path is what runs on this CPU"
+    assert fast_math.fast(mx.zeros(1)), "the fast path is what runs on this CPU"
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((257, 129)) * 6).astype(np.float32)
     y = rng.standard_normal(x.shape).astype(np.float32)
@@ -56,21 +56,21 @@ def test_softmax_rows_match_float64():
     s = (rng.standard_normal((3, 4, 70, 70)) * 8).astype(np.float32)
     ref = np.exp(s - s.max(-1, keepdims=True))
     ref /= ref.sum(-1, keepdims=True)
-    err = np.abs(np.array(cpu_math.softmax(mx.array(s))) - ref).max()
+    err = np.abs(np.array(fast_math.softmax(mx.array(s))) - ref).max()
     mlx_err = np.abs(np.array(mx.softmax(mx.array(s), axis=-1, precise=True)) - ref).max()
     assert err < max(2 * mlx_err, 5e-7), (err, mlx_err)
 
 
 def test_other_dtypes_use_mlx_ops():
     x = mx.array(np.linspace(-5, 5, 64, dtype=np.float32)).astype(mx.bfloat16)
-    assert not cpu_math.fast(x)
-    assert cpu_math.silu(x).dtype == mx.bfloat16
-    assert mx.array_equal(cpu_math.silu(x), nn.silu(x))
+    assert not fast_math.fast(x)
+    assert fast_math.silu(x).dtype == mx.bfloat16
+    assert mx.array_equal(fast_math.silu(x), nn.silu(x))
 
 
 @pytest.mark.parametrize("L, S", [(9, 9), (5, 17)])  # a prefill, and a follow-up turn's chunk after 12 cached
 def test_causal_attention_matches_mlx_sdpa(L, S):
-    from mlx_minicpmv.model.language import causal_attention
+    from mlx_minicpmv.cpu.language_layers import causal_attention
 
     q = mx.random.normal((1, 8, L, 32), key=mx.random.key(0))
     k, v = (mx.random.normal((1, 2, S, 32), key=mx.random.key(i)) for i in (1, 2))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from mlx_lm.models.gated_delta import gated_delta_ops
 
-from mlx_minicpmv.model.gated_delta import chunked_gated_delta
+from mlx_minicpmv.cpu.gated_delta import chunked_gated_delta
 
 
 @pytest.mark.parametrize("T,Hk,Hv,Dk,Dv", [(1, 2, 4, 16, 16), (37, 2, 2, 32, 32), (64, 1, 3, 8, 12),

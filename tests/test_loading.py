@@ -70,7 +70,7 @@ def test_shape_mismatch_names_file_and_key(broken):
 
 def test_no_weight_files(broken):
     (broken / "model.safetensors").unlink()
-    with pytest.raises(CheckpointError, match="no \\*.safetensors weight files"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors is missing \(1 shard listed in model\.safetensors\.index\.json\)"):
         load(broken)
 
 
@@ -86,9 +86,9 @@ def test_transposed_tied_head_keeps_the_values(tiny):
     one-token GEMM): same values, same lookups, same logits as the stored layout."""
     import numpy as np
 
-    from mlx_minicpmv.loading import transpose_tied_head
+    from mlx_minicpmv.cpu.gemv_layers import transpose_tied_head
 
-    model, processor = load(tiny.mlx_path)  # its own copy: the layout is changed below
+    model, processor = load(tiny.mlx_path, cpu_kernels=False)  # its own copy, the stored layout
     stored = mx.load(str(tiny.mlx_path / "model.safetensors"))["language_model.embed_tokens.weight"]
     ids = mx.array([[3, 1, 4, 1, 5, 9, 2, 6]])
     before = np.array(model(ids))

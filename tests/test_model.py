@@ -1,18 +1,24 @@
-"""The MLX model against transformers' MiniCPMV4_6ForConditionalGeneration, in fp32, on tiny checkpoints.
+"""The MLX model against transformers' MiniCPMV4_6ForConditionalGeneration (and 4.7's), in fp32,
+on tiny checkpoints.
 
 Both sides get identical inputs (our processor's ids and pixels; the processor is compared
-with the reference on its own in test_processor.py).
+with the reference on its own in test_processor.py). Every parity test runs on both paths,
+with the same bounds: the CPU path (the specialisations of mlx_minicpmv/cpu) and the portable
+path that Metal runs, here on the CPU (``load(..., cpu_kernels=False)``). 4.7's reference lays
+out its canvas positions itself from the token types (``parity.token_types``); ours are placed
+by ``begin_prompt`` where a prompt is fed in pieces.
 """
 
 import mlx.core as mx
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
+from mlx_lm.models.cache import KVCache
 
 from tests.media import make_video, noise_image
+from tests.parity import LOGIT_TOL, assert_same_steps, reference_steps, token_types
 
 FEATURE_TOL = 1e-5
-LOGIT_TOL = 1e-3
 CONDITIONING_TOL = 5e-4
 
 
@@ -35,7 +41,7 @@ def hf_logits(t, inputs, float64=False):
         kw.update(pixel_values_videos=to_torch(inputs.pixel_values_videos, cast),
                   target_sizes_videos=to_torch(inputs.target_sizes_videos))
     with torch.no_grad():
-        return model(**kw).logits.numpy()
+        return model(**kw, **token_types(t, inputs.input_ids)).logits.numpy()
 
 
 def our_logits(model, inputs):
@@ -62,6 +68,27 @@ def media(tmp_path_factory):
     return paths
 
 
+@pytest.fixture(params=["cpu", "portable"])
+def path(request) -> str:
+    return request.param
+
+
+def loaded(t, path):
+    return t.load(cpu_kernels=path == "cpu")
+
+
+@pytest.mark.skipif(mx.default_device() != mx.cpu, reason="the CPU path exists where MLX runs on the CPU")
+def test_the_two_paths_are_the_ones_named(tiny):
+    """The CPU path has the CPU layers swapped in; the portable path has none of them."""
+    cpu_model, _ = tiny.load(cpu_kernels=True)
+    portable, _ = tiny.load(cpu_kernels=False)
+    from_seam = lambda m: {type(x).__name__ for _, x in m.named_modules() if type(x).__module__.startswith("mlx_minicpmv.cpu")}
+    assert {"CpuGatedDeltaNet", "CpuGatedAttention", "CpuDecoderLayer", "CpuMLP", "CpuVisionAttention",
+            "CpuGELUTanh"} <= from_seam(cpu_model)
+    assert from_seam(portable) == set()
+    assert cpu_model.patches_per_pass == 1 < portable.patches_per_pass
+
+
 CASES = {
     "text": lambda m: user(text("Describe the quick brown fox, then compare the two.")),
     "unsliced image": lambda m: user({"type": "image", "image": str(m["small"])}, text("Describe this image.")),
@@ -73,8 +100,8 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_logits_match_reference(any_tiny, media, case):
-    model, processor = any_tiny.load()
+def test_logits_match_reference(any_tiny, media, case, path):
+    model, processor = loaded(any_tiny, path)
     inputs = processor(CASES[case](media), downsample_mode=any_tiny.mode)
     if case == "sliced image":
         assert inputs.target_sizes.shape[0] > 1, "the wide image must be sliced"
@@ -89,8 +116,8 @@ def test_logits_match_reference(any_tiny, media, case):
 
 
 @pytest.mark.parametrize("mode", ["16x", "4x"])
-def test_vision_features_match_reference(any_tiny, media, mode):
-    model, processor = any_tiny.load()
+def test_vision_features_match_reference(any_tiny, media, mode, path):
+    model, processor = loaded(any_tiny, path)
     packed = processor.process_images([media["wide"], media["small"]], downsample_mode=mode)
     import torch
 
@@ -103,50 +130,48 @@ def test_vision_features_match_reference(any_tiny, media, mode):
     np.testing.assert_allclose(ours, ref, atol=FEATURE_TOL, rtol=0)
 
 
-def test_greedy_tokens_match_reference_generate(any_tiny, media):
+def test_greedy_tokens_match_reference_generate(any_tiny, media, path):
     import torch
 
     from mlx_minicpmv.generate import stream_tokens
 
-    model, processor = any_tiny.load()
+    model, processor = loaded(any_tiny, path)
     inputs = processor(CASES["sliced image"](media), downsample_mode=any_tiny.mode)
-    with torch.no_grad():
-        out = any_tiny.hf.generate(
-            input_ids=to_torch(inputs.input_ids, torch.long), pixel_values=to_torch(inputs.pixel_values),
-            target_sizes=to_torch(inputs.target_sizes), downsample_mode=inputs.downsample_mode,
-            max_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=0)
-    ref = out[0, inputs.num_tokens:].tolist()
-    ours = [token for token, *_ in stream_tokens(model, inputs, max_tokens=32, temperature=0.0)]
-    assert len(ref) == 32
-    assert ours == ref
+    ref_tokens, ref_logprobs = reference_steps(
+        any_tiny, input_ids=to_torch(inputs.input_ids, torch.long), pixel_values=to_torch(inputs.pixel_values),
+        target_sizes=to_torch(inputs.target_sizes), downsample_mode=inputs.downsample_mode)
+    assert len(ref_tokens) == 32
+    assert_same_steps(list(stream_tokens(model, inputs, max_tokens=32, temperature=0.0)), ref_tokens, ref_logprobs)
 
 
-def test_cached_decoding_equals_full_sequence(tiny, media):
-    model, processor = tiny.load()
-    inputs = processor(CASES["sliced image"](media))
+def test_cached_decoding_equals_full_sequence(any_tiny, media, path):
+    model, processor = loaded(any_tiny, path)
+    inputs = processor(CASES["sliced image"](media), downsample_mode=any_tiny.mode)
     ids = inputs.input_ids
     full = model(ids, inputs.pixel_values, inputs.target_sizes)
     embeds = model.embed(ids, inputs.pixel_values, inputs.target_sizes)
     L, tail = ids.shape[1], 6
     cache = model.make_cache()
+    model.begin_prompt(cache, ids, inputs.target_sizes, None, inputs.downsample_mode)
     model(ids[:, : L - tail], cache=cache, input_embeddings=embeds[:, : L - tail])
     steps = [model(ids[:, i : i + 1], cache=cache, input_embeddings=embeds[:, i : i + 1]) for i in range(L - tail, L)]
     stepped = mx.concatenate(steps, axis=1)
     np.testing.assert_allclose(np.array(stepped), np.array(full[:, L - tail :]), atol=LOGIT_TOL, rtol=0)
 
 
-def test_chunked_prefill_leaves_the_same_state(tiny, media):
-    model, processor = tiny.load()
-    inputs = processor(CASES["two images"](media))
+def test_chunked_prefill_leaves_the_same_state(any_tiny, media, path):
+    model, processor = loaded(any_tiny, path)
+    inputs = processor(CASES["two images"](media), downsample_mode=any_tiny.mode)
     embeds = model.embed(inputs.input_ids, inputs.pixel_values, inputs.target_sizes)
-    one = model.make_cache()
+    one, chunked = model.make_cache(), model.make_cache()
+    for cache in (one, chunked):
+        model.begin_prompt(cache, inputs.input_ids, inputs.target_sizes, None, inputs.downsample_mode)
     model(inputs.input_ids, cache=one, input_embeddings=embeds)
-    chunked = model.make_cache()
     L = embeds.shape[1]
     for start in range(0, L, 37):  # 37 does not divide anything in the model
         model(inputs.input_ids[:, start : start + 37], cache=chunked, input_embeddings=embeds[:, start : start + 37])
     assert L > 3 * 37
-    a, b = ([(k, v) for k, v in tree_flatten([c.state for c in cache]) if isinstance(v, mx.array)] for cache in (one, chunked))
+    a, b = (tree_flatten([layer_state(c) for c in cache]) for cache in (one, chunked))
     assert [k for k, _ in a] == [k for k, _ in b] and len(a) >= len(one)
     for (_, x), (_, y) in zip(a, b):
         assert x.shape == y.shape
@@ -155,6 +180,14 @@ def test_chunked_prefill_leaves_the_same_state(tiny, media):
     step = inputs.input_ids[:, -1:]
     np.testing.assert_allclose(np.array(model(step, cache=one)), np.array(model(step, cache=chunked)),
                                atol=LOGIT_TOL, rtol=0)
+
+
+def layer_state(cache):
+    """A layer's state as arrays: a KV cache's filled part (its buffer grows in steps of 256), a
+    DeltaNet layer's conv and recurrent states."""
+    if isinstance(cache, KVCache):
+        return [cache.keys[..., : cache.offset, :], cache.values[..., : cache.offset, :]]
+    return [x for _, x in tree_flatten(cache.state) if isinstance(x, mx.array)]
 
 
 def test_placeholder_count_mismatch_is_an_error(tiny, media):
@@ -169,12 +202,12 @@ def test_placeholder_count_mismatch_is_an_error(tiny, media):
 
 def test_sanitize_is_pure_and_idempotent(tiny):
     from mlx_minicpmv.loading import read_weights
-    from mlx_minicpmv.model import Model
 
+    model, _ = tiny.load()
     weights, _ = read_weights(tiny.hf_path)
     before = {k: np.array(v) for k, v in weights.items()}
-    once = Model.sanitize(weights)
-    twice = Model.sanitize(once)
+    once = model.sanitize(weights)
+    twice = model.sanitize(once)
     assert set(once) == set(twice)
     assert all(np.array_equal(np.array(once[k]), np.array(twice[k])) for k in once)
     assert all(np.array_equal(before[k], np.array(weights[k])) for k in weights), "input left untouched"

@@ -11,6 +11,7 @@ from PIL import Image
 from mlx_minicpmv.processing.image import load_image, slice_image
 from mlx_minicpmv.processing.video import iter_frames, probe, sample_indices
 from tests.media import make_video, noise_image
+from tests.parity import assert_same_steps, reference_steps
 
 # (width, height): tiny, square, around the 448 threshold, slicing grids, panoramas, huge.
 SIZES = [
@@ -200,8 +201,6 @@ def test_frame_times_and_placeholders(tiny, tmp_path):
 
 
 def test_end_to_end_image_question_equals_reference_generate(tiny, reference_processor):
-    import torch
-
     from mlx_minicpmv.generate import stream_tokens
 
     model, processor = tiny.load()
@@ -209,17 +208,15 @@ def test_end_to_end_image_question_equals_reference_generate(tiny, reference_pro
     conversation = CONVERSATIONS["one image"]
     text = reference_processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
     ref_inputs = reference_processor(text=text, images=[image], return_tensors="pt")
-    with torch.no_grad():
-        out = tiny.hf.generate(**ref_inputs, max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0)
-    ref = out[0, ref_inputs["input_ids"].shape[1]:].tolist()
+    ref = reference_steps(tiny, max_new_tokens=24, **ref_inputs)
     inputs = processor([{"role": "user", "content": [{"type": "image", "image": image},
                                                      {"type": "text", "text": "Describe this image."}]}])
-    ours = [t for t, *_ in stream_tokens(model, inputs, max_tokens=24, temperature=0.0)]
-    assert ours == ref
+    assert_same_steps(list(stream_tokens(model, inputs, max_tokens=24, temperature=0.0)), *ref)
 
 
 def test_end_to_end_video_question_equals_reference_generate(tiny, tmp_path):
-    """transformers' own video processor needs torchvision; the reference gets our pixels."""
+    """The reference gets our pixels here (its video processor needs torchvision: the
+    ``torchvision`` run, tests/test_video_reference.py, compares those)."""
     import torch
 
     from mlx_minicpmv.generate import stream_tokens
@@ -228,14 +225,10 @@ def test_end_to_end_video_question_equals_reference_generate(tiny, tmp_path):
     path = make_video(tmp_path / "v.mp4", 3.0, 8, width=128, height=96)
     inputs = processor([{"role": "user", "content": [{"type": "video", "video": str(path)},
                                                      {"type": "text", "text": "Summarise the video."}]}])
-    with torch.no_grad():
-        out = tiny.hf.generate(
-            input_ids=torch.tensor(np.array(inputs.input_ids)).long(),
-            pixel_values_videos=torch.tensor(np.array(inputs.pixel_values_videos)),
-            target_sizes_videos=torch.tensor(np.array(inputs.target_sizes_videos)),
-            max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0)
-    ref = out[0, inputs.num_tokens:].tolist()
-    assert [t for t, *_ in stream_tokens(model, inputs, max_tokens=24, temperature=0.0)] == ref
+    ref = reference_steps(tiny, max_new_tokens=24, input_ids=torch.tensor(np.array(inputs.input_ids)).long(),
+                          pixel_values_videos=torch.tensor(np.array(inputs.pixel_values_videos)),
+                          target_sizes_videos=torch.tensor(np.array(inputs.target_sizes_videos)))
+    assert_same_steps(list(stream_tokens(model, inputs, max_tokens=24, temperature=0.0)), *ref)
 
 
 def test_template_renders_videos_like_reference(tiny, reference_processor):

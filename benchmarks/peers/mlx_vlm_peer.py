@@ -1,4 +1,4 @@
-"""mlx-vlm's MiniCPM-V 4.6 on the comparison's rows (see ../measure.py), in mlx-vlm's own
+"""mlx-vlm's MiniCPM-V 4.6 or 4.7 on the comparison's rows (see ../measure.py), in mlx-vlm's own
 environment (compare.py makes it: the same MLX version and the same BLAS as ours).
 
     python mlx_vlm_peer.py --model OUT/vlm-float32 --media OUT/media
@@ -16,9 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _load_our_blas():
-    """The BLAS ours uses, by mlx_minicpmv/blas.py itself (standard library only; importing the
+    """The BLAS ours uses, by mlx_minicpmv/cpu/blas.py itself (standard library only; importing the
     package would need ours installed here), before mlx.core."""
-    spec = importlib.util.spec_from_file_location("blas", Path(__file__).resolve().parents[2] / "mlx_minicpmv" / "blas.py")
+    spec = importlib.util.spec_from_file_location("blas", Path(__file__).resolve().parents[2] / "mlx_minicpmv" / "cpu" / "blas.py")
     blas = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(blas)
     blas.load()

@@ -1,5 +1,5 @@
-"""transformers' MiniCPM-V 4.6 (the reference) on torch CPU, on the comparison's rows (see
-../measure.py), in our own environment (torch 2.13 CPU, transformers 5.23+).
+"""transformers' MiniCPM-V 4.6 or 4.7 (the reference) on torch CPU, on the comparison's rows (see
+../measure.py), in our own environment (torch 2.13 CPU, transformers 5.24).
 
     python transformers_peer.py --model OUT/hf-random-real-config --media OUT/media --dtype float32
 
@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import mlx_minicpmv  # noqa: E402,F401  (first: picks the BLAS before mlx.core loads)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from transformers import MiniCPMV4_6ForConditionalGeneration  # noqa: E402
+from transformers import AutoModelForImageTextToText  # noqa: E402
 from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
 from measure import DECODE_PROMPT_TOKENS, DECODE_TOKENS, MEDIA, QUESTION, arguments, measure, text_ids  # noqa: E402
@@ -53,8 +53,12 @@ class Clock(BaseStreamer):
         pass
 
 
-def torch_inputs(inputs, dtype):
-    kw = dict(input_ids=torch.from_numpy(np.array(inputs.input_ids)).long(), downsample_mode=inputs.downsample_mode)
+def torch_inputs(inputs, dtype, config):
+    ids = np.array(inputs.input_ids)
+    kw = dict(input_ids=torch.from_numpy(ids).long(), downsample_mode=inputs.downsample_mode)
+    if config.model_type == "minicpmv4_7":  # its processor's token types, which its canvas positions need
+        types = np.where(ids == config.image_token_id, 1, np.where(ids == config.video_token_id, 2, 0))
+        kw["mm_token_type_ids"] = torch.from_numpy(types)
     for name in ("pixel_values", "target_sizes", "pixel_values_videos", "target_sizes_videos"):
         value = getattr(inputs, name)
         if value is not None:
@@ -73,7 +77,7 @@ def main():
     args = arguments(__doc__.splitlines()[0])
     dtype = getattr(torch, known.dtype)
     torch.set_num_threads(os.cpu_count() or 1)
-    model = MiniCPMV4_6ForConditionalGeneration.from_pretrained(args.model, dtype=dtype).eval()
+    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=dtype).eval()
     processor = Processor.from_pretrained(Path(args.model))
     media = Path(args.media)
 
@@ -87,14 +91,14 @@ def main():
 
     text = processor("x")
     text.input_ids = np.array([text_ids(media)])
-    text_kw = torch_inputs(text, dtype)
+    text_kw = torch_inputs(text, dtype, model.config)
 
     def prefill():
         start = time.perf_counter()
         times, peak = generate(text_kw, 1)
         return text_kw["input_ids"].shape[1] / (times[-1] - start), peak, dict(prompt_tokens=text_kw["input_ids"].shape[1])
 
-    short = dict(text_kw, input_ids=text_kw["input_ids"][:, :DECODE_PROMPT_TOKENS])
+    short = {k: v[:, :DECODE_PROMPT_TOKENS] if k in ("input_ids", "mm_token_type_ids") else v for k, v in text_kw.items()}
 
     def decode():
         times, peak = generate(short, DECODE_TOKENS + 1)
@@ -104,7 +108,7 @@ def main():
         kind = "video" if row == "video60" else "image"
         inputs = processor([{"role": "user", "content": [{"type": kind, kind: str(media / MEDIA[row])},
                                                           {"type": "text", "text": QUESTION}]}])
-        kw = torch_inputs(inputs, dtype)
+        kw = torch_inputs(inputs, dtype, model.config)
 
         def run():
             start = time.perf_counter()

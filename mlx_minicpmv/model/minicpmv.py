@@ -1,7 +1,10 @@
-"""MiniCPM-V 4.6: vision tower + merger + hybrid language model, and the splice between them.
+"""MiniCPM-V 4.6 and 4.7: vision tower + merger + hybrid language model, and the splice between them.
 
 References: transformers 5.23 ``models/minicpmv4_6/modeling_minicpmv4_6.py`` and
 ``models/qwen3_5/modeling_qwen3_5.py``; ``shared/model-spec.md`` says what was checked.
+4.7 (``models/minicpmv4_7``) is the same network whose language model turns with 3-D canvas
+positions: ``begin_prompt`` places a prompt's positions (``canvas.py``) in the cache, and the
+attention's rotary embedding reads them there (``canvas_rope.py``).
 """
 
 from collections import defaultdict
@@ -12,26 +15,24 @@ import mlx.nn as nn
 import numpy as np
 
 from ..config import ModelConfig
+from ..downsample import merge_side
+from .canvas import canvas_positions
+from .canvas_rope import CanvasKVCache
 from .language import LanguageModel
 from .merger import Merger
 from .vision import VisionTower, check_grid
 
-# A bound on patches per tower pass: keeps a long video's activations (B·L·4304 floats in the
-# MLP) to a few hundred MB whatever the frame count.
+# A bound on patches per tower pass: slices of one size go through the tower together, which
+# fills a GPU, while a long video's activations (B·L·4304 floats in the MLP) stay a few
+# hundred MB whatever the frame count.
 MAX_PATCHES_PER_PASS = 16384
-
-
-def patches_per_pass() -> int:
-    """On the CPU one slice per pass: its attention scores and MLP activations then stay in
-    cache (a 1088-patch frame took 3.4 s alone against 4.3 s a frame in batches of 4,
-    measured); on a GPU, batches of slices fill the device."""
-    return 1 if mx.default_device() == mx.cpu else MAX_PATCHES_PER_PASS
 
 
 class Model(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
+        self.patches_per_pass = MAX_PATCHES_PER_PASS
         vc, tc = config.vision_config, config.text_config
         self.vision_tower = VisionTower(vc)
         self.merger = Merger(vc.hidden_size, tc.hidden_size, config.merge_kernel_size, config.merger_times)
@@ -46,9 +47,9 @@ class Model(nn.Module):
         ``target_sizes`` are the processor's patch grids, read on the host once: they are
         inputs, so no computed value ever comes back to Python.
         """
-        use_vit_merger = (downsample_mode or self.config.downsample_mode) != "4x"
+        multiple = merge_side(downsample_mode or self.config.downsample_mode)
+        use_vit_merger = multiple > self.merger.kernel  # 16x: the window merger runs inside the tower
         sizes = [tuple(int(v) for v in s) for s in np.asarray(target_sizes).reshape(-1, 2)]
-        multiple = self.merger.kernel * (self.vision_tower.vit_merger.kernel if use_vit_merger else 1)
         for h, w in sizes:
             check_grid(h, w, multiple)
         patches = self.vision_tower.embeddings.patchify(pixel_values)
@@ -64,7 +65,7 @@ class Model(nn.Module):
             groups[hw].append(i)
         out: List[Optional[mx.array]] = [None] * len(sizes)
         for (h, w), members in groups.items():
-            step = max(1, patches_per_pass() // (h * w))
+            step = max(1, self.patches_per_pass // (h * w))
             for start in range(0, len(members), step):
                 chunk = members[start : start + step]
                 x = mx.stack([patches[offsets[i] : offsets[i + 1]] for i in chunk])
@@ -119,17 +120,53 @@ class Model(nn.Module):
         ``generate_step`` passes them chunk by chunk.
         """
         if input_embeddings is None:
+            sizes = (target_sizes, vision_inputs.get("target_sizes_videos"))
+            if self.config.canvas_rope and any(s is not None for s in sizes):
+                cache = cache if cache is not None else self.make_cache()
+                self.begin_prompt(cache, input_ids, *sizes, vision_inputs.get("downsample_mode"))
             input_embeddings = self.embed(input_ids, pixel_values, target_sizes, **vision_inputs)
         return self.language_model(input_embeddings, cache)
 
     def make_cache(self) -> list:
         return self.language_model.make_cache()
 
+    def begin_prompt(self, cache: list, input_ids, target_sizes=None, target_sizes_videos=None,
+                     downsample_mode: Optional[str] = None, fed: int = 0) -> None:
+        """Place a prompt's canvas positions in ``cache`` before the prompt is fed, in one piece
+        or in chunks (4.7; a no-op for 4.6, which numbers tokens by their place in the cache).
+
+        ``input_ids`` are the prompt's ids (batch 1) and ``target_sizes``/``target_sizes_videos``
+        the processor's patch grids of its images and videos. The positions start where the
+        conversation in ``cache`` stands, so a later turn continues it; everything fed after the
+        prompt (the answer, a text-only next turn) continues as text. Computed on the host from
+        these inputs alone: nothing comes back from the graph.
+
+        ``fed``: the cache already holds ``input_ids[:fed]`` (a stored state of the same
+        conversation, whose ids and grids are given whole, as the server has them); the whole
+        conversation is then laid out and its positions placed from token ``fed`` on.
+        """
+        if not self.config.canvas_rope:
+            return
+        kv = next((c for c in cache if isinstance(c, CanvasKVCache)), None)
+        ids = np.asarray(input_ids)
+        pads = (self.config.image_token_id, self.config.video_token_id)
+        if kv is None or not np.isin(ids, pads).any():
+            return  # no attention layer to turn, or text: it continues where the cache stands
+        if ids.ndim == 2 and ids.shape[0] != 1:
+            raise ValueError(f"4.7 places one prompt with images or videos at a time, got a batch of {ids.shape[0]}")
+        index = int(kv.offset)
+        if fed and index != fed:
+            raise ValueError(f"the cache holds {index} tokens, not the {fed} said to be fed")
+        start = 0 if fed else kv.positions.next_position(index)
+        positions = canvas_positions(ids.reshape(-1), target_sizes, target_sizes_videos, self.config.markers,
+                                     downsample_mode or self.config.downsample_mode, start=start)
+        kv.positions.place(index, positions[:, fed:])
+
     # -- weights ------------------------------------------------------------------------------
-    @staticmethod
-    def sanitize(weights: Dict[str, mx.array]) -> Dict[str, mx.array]:
+    def sanitize(self, weights: Dict[str, mx.array]) -> Dict[str, mx.array]:
         """HF state dict -> this module tree. Pure and idempotent: only ``model.``-prefixed
-        (HF) keys are rewritten, so a converted checkpoint passes through unchanged."""
+        (HF) keys and ``lm_head`` are rewritten, so a converted checkpoint passes through
+        unchanged."""
         zero_centred = (
             ".input_layernorm.weight",
             ".post_attention_layernorm.weight",
@@ -139,8 +176,12 @@ class Model(nn.Module):
         )
         out = {}
         for key, value in weights.items():
-            if key == "lm_head.weight" or key.startswith(("mtp.", "model.mtp.")) or ".mtp." in key:
-                continue  # tied to embed_tokens; MTP weights are never used (spec §16.19)
+            if key.startswith(("mtp.", "model.mtp.")) or ".mtp." in key:
+                continue  # MTP weights are never used (spec §16.19)
+            if key == "lm_head.weight":
+                if not self.config.tie_word_embeddings:  # 4.7's 1B has its own head
+                    out["language_model.lm_head.weight"] = value
+                continue
             if not key.startswith("model."):
                 out[key] = value
                 continue

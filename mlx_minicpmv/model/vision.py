@@ -5,7 +5,7 @@ bidirectional attention and the window merger. So instead of one long packed seq
 a block-diagonal mask, slices of the same patch grid are stacked into a batch and run
 together: attention needs no mask, and on a GPU a video's frames (all one size) go through
 in a few passes. ``VisionTower.__call__`` works on such a batch; ``encode_slices`` in
-``minicpmv.py`` does the grouping (and on the CPU runs one slice at a time).
+``minicpmv.py`` does the grouping.
 """
 
 
@@ -14,7 +14,6 @@ import mlx.nn as nn
 import numpy as np
 
 from ..config import VisionConfig
-from . import cpu_math
 
 
 def position_ids(h: int, w: int, side: int) -> np.ndarray:
@@ -54,28 +53,27 @@ class Attention(nn.Module):
             p(x).reshape(B, L, self.num_heads, -1).transpose(0, 2, 1, 3)
             for p in (self.q_proj, self.k_proj, self.v_proj)
         )
-        if cpu_math.fast(x) and L > 64:
-            # On the CPU, one head at a time: a head's L x L scores (4 MB for a 1024-patch
-            # slice) stay in cache through softmax and the product with v, where all heads' at
-            # once stream 64 MB through memory each pass (104 ms against SDPA's 224 ms a layer)
-            # The merger's 2x2 windows (L = 4) stay on SDPA (55 ms for a 1024-patch slice; a broadcast-multiply form took 66).
-            o = mx.concatenate([
-                cpu_math.softmax((q[:, h : h + 1] * self.scale) @ k[:, h : h + 1].swapaxes(-1, -2)) @ v[:, h : h + 1]
-                for h in range(self.num_heads)
-            ], axis=1)
-        else:
-            o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale)
         return self.out_proj(o.transpose(0, 2, 1, 3).reshape(B, L, D))
+
+
+class GELUTanh(nn.Module):
+    """GELU with the tanh approximation (``gelu_pytorch_tanh``), as a layer that a backend can
+    replace (``mlx_minicpmv/cpu``)."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return nn.gelu_approx(x)
 
 
 class MLP(nn.Module):
     def __init__(self, dims: int, hidden: int):
         super().__init__()
         self.fc1 = nn.Linear(dims, hidden)
+        self.act = GELUTanh()
         self.fc2 = nn.Linear(hidden, dims)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.fc2(cpu_math.gelu_tanh(self.fc1(x)))
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class EncoderLayer(nn.Module):
@@ -110,6 +108,7 @@ class WindowMerger(nn.Module):
         self.self_attn = Attention(D, config.num_attention_heads)
         self.pre_norm = nn.LayerNorm(D * k2, eps=config.layer_norm_eps)
         self.linear_1 = nn.Linear(D * k2, config.intermediate_size * k2)
+        self.act = GELUTanh()
         self.linear_2 = nn.Linear(config.intermediate_size * k2, D)
 
     def __call__(self, x: mx.array, h: int, w: int) -> mx.array:
@@ -120,7 +119,7 @@ class WindowMerger(nn.Module):
         y = self.self_attn(y.reshape(B * n_win, k2, D)).reshape(residual.shape)
         u = residual + y
         flat = u.reshape(B, n_win, k2 * D)
-        out = self.linear_2(cpu_math.gelu_tanh(self.linear_1(self.pre_norm(flat))))
+        out = self.linear_2(self.act(self.linear_1(self.pre_norm(flat))))
         return out + u.mean(axis=2)
 
 

@@ -1,4 +1,4 @@
-from .errors import MediaError
+from ..errors import MediaError
 from .processor import EncodedVideo, Processor, ProcessorOutput
 
 __all__ = ["EncodedVideo", "MediaError", "Processor", "ProcessorOutput"]

@@ -6,23 +6,28 @@ purpose: Python's banker's ``round`` in ``ensure_divide`` and ``int()`` truncati
 """
 
 import math
+import re
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
 
+from ..downsample import merge_side
+
 # Past this many pixels an image is first reduced (box filter, by an integer factor) to at
 # least REDUCE_MARGIN times the largest size the slicer can ask for, so memory stays bounded
 # whatever is dropped on the window. Below it the pixels equal the reference's exactly.
 MAX_EXACT_PIXELS = 64_000_000
 REDUCE_MARGIN = 3
-# Files up to this many pixels are opened (Pillow's own bomb check stops at 179 MP); larger
-# JPEGs are decoded at a reduced scale straight away, so they never exist at full size.
-MAX_PIXELS = 1_000_000_000
+# The most pixels ever decoded from a file (RGBA: 256 MB), whatever its header claims: a JPEG
+# larger than that is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's own reduction, so the full
+# size never exists in memory); any other format, which decodes only whole, is refused.
+MAX_DECODED_PIXELS = 64_000_000
 # The slicer never asks for more than about 9 slices of 448² (and a source of 448²); a reduced
 # image keeps REDUCE_MARGIN times that on each side.
 NEED_SIDE = 448 * 3
+JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 def ensure_divide(length: float, divisor: int) -> int:
@@ -80,7 +85,7 @@ class SlicePlan:
 
 def plan_slices(size, *, max_slice_nums=9, scale_resolution=448, patch_size=14,
                 downsample_mode="16x", slice_mode=True) -> SlicePlan:
-    merge = 2 if downsample_mode == "4x" else 4
+    merge = merge_side(downsample_mode)
     grid = sliced_grid(size, max_slice_nums, scale_resolution) if slice_mode else None
     source = find_best_resize(size, scale_resolution, patch_size, merge, allow_upscale=grid is None)
     if grid is None:
@@ -150,23 +155,43 @@ def slice_image(image: Image.Image, *, max_slice_nums=9, scale_resolution=448, p
     return strips, sizes, plan.grid
 
 
-def open_bounded(source) -> Image.Image:
-    """Open and decode an image file; a huge JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's
-    own cheap reduction) when that still leaves plenty for the slicer."""
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+def open_header(source) -> Image.Image:
+    """The file opened, nothing decoded yet. JPEGs are opened by their plugin directly: Pillow's
+    own bomb check (a warning at 89 MP, an error at 179 MP, by a process-wide setting) would stop
+    a large photo that ``open_bounded`` can decode reduced."""
+    from PIL import JpegImagePlugin
+
+    if hasattr(source, "read"):
+        head = source.read(3)
+        source.seek(-len(head), 1)
+    else:
+        with open(source, "rb") as f:
+            head = f.read(3)
+    if head == JPEG_MAGIC:
+        return JpegImagePlugin.JpegImageFile(source)
     try:
-        image = Image.open(source)
-        width, height = image.size
-        if image.format == "JPEG" and width * height > MAX_EXACT_PIXELS:
-            scale = min(8, width // NEED_SIDE, height // NEED_SIDE) if min(width, height) >= 2 * NEED_SIDE else 1
-            if scale >= 2:
-                image.draft("RGB", (width // scale, height // scale))
-                image.info["original_size"] = (width, height)
-        image.load()
-        return image
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
+        return Image.open(source)
+    except Image.DecompressionBombError as e:  # past 179 MP: say the size in our terms, not Pillow's limit
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        raise Image.DecompressionBombError(f"{int(pixels.group(1)) / 1e6:.0f} MP" if pixels else str(e)) from None
+
+
+def open_bounded(source) -> Image.Image:
+    """Open and decode an image file in bounded memory: a JPEG over ``MAX_EXACT_PIXELS`` at a
+    reduced scale that still leaves plenty for the slicer; anything that would still decode to
+    more than ``MAX_DECODED_PIXELS`` raises ``DecompressionBombError`` before any decoding."""
+    image = open_header(source)
+    width, height = image.size
+    if image.format in ("JPEG", "MPO") and width * height > MAX_EXACT_PIXELS:
+        scale = min(8, width // NEED_SIDE, height // NEED_SIDE) if min(width, height) >= 2 * NEED_SIDE else 1
+        if scale >= 2:
+            image.draft("RGB", (width // scale, height // scale))
+            image.info["original_size"] = (width, height)
+    if image.width * image.height > MAX_DECODED_PIXELS:
+        how = "even at 1/8 scale " if image.format in ("JPEG", "MPO") else ""
+        raise Image.DecompressionBombError(f"{width}x{height} is {width * height / 1e6:.0f} MP {how}")
+    image.load()
+    return image
 
 
 def load_image(source) -> Image.Image:
@@ -178,7 +203,7 @@ def load_image(source) -> Image.Image:
     """
     from PIL import ImageOps, UnidentifiedImageError
 
-    from .errors import MediaError
+    from ..errors import MediaError
 
     if isinstance(source, Image.Image):
         image, name = source, "image"
@@ -190,8 +215,12 @@ def load_image(source) -> Image.Image:
             raise MediaError(f"{name}: no such file") from None
         except UnidentifiedImageError:
             raise MediaError(f"{name}: not an image format Pillow can read (JPEG, PNG, GIF, WebP, ...)") from None
+        except IsADirectoryError:
+            raise MediaError(f"{name}: is a folder, not an image file") from None
         except Image.DecompressionBombError as e:
-            raise MediaError(f"{name}: too many pixels to open safely ({e}); downscale it first") from None
+            raise MediaError(
+                f"{name}: too many pixels to decode safely ({str(e).strip()}; the limit is "
+                f"{MAX_DECODED_PIXELS / 1e6:.0f} MP, and only JPEGs are decoded reduced); downscale it first") from None
         except (OSError, SyntaxError, ValueError) as e:
             raise MediaError(f"{name}: the image is truncated or corrupt ({e}); re-export or re-download it") from None
     if image.width < 1 or image.height < 1:

@@ -8,12 +8,19 @@ from typing import List, Optional, Tuple
 import mlx.core as mx
 import numpy as np
 
+from ..downsample import merge_side, patches_per_token
+from ..options import check
 from . import prompt
 from .image import load_image, slice_image
 from .video import load_video_units
 
 # Video settings of the model card: one slice per frame, no image ids.
 VIDEO_DEFAULTS = dict(video_max_slice_nums=1, video_use_image_id=False, max_num_frames=128, stack_frames=1, fps=1.0)
+# What MiniCPMV4_7Processor (transformers 5.24) does differently from 4.6's: a video never
+# carries an <image_id>, whatever is asked (it is one sequence of frames, as 4.7 was trained).
+# Its image and video processors are 4.6's, its chat template is the checkpoint's own, and
+# its token types (text, image, video) follow from the ids (model/canvas.py's ``modalities``).
+VIDEO_IMAGE_IDS = {"minicpmv4_6": True, "minicpmv4_7": False}
 
 
 @dataclass
@@ -26,6 +33,7 @@ class EncodedVideo:
     replacement: str
     features: mx.array
     frame_times: List[float]
+    target_sizes: Optional[np.ndarray] = None  # the frames' patch grids: 4.7 places them on its canvas
 
     @property
     def tokens(self) -> int:
@@ -50,6 +58,7 @@ class ProcessorOutput:
     image_spans: List[Tuple[int, int]] = field(default_factory=list)
     video_spans: List[Tuple[int, int]] = field(default_factory=list)
     frame_times: List[List[float]] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)  # about the media as read (a short video)
 
     def model_inputs(self) -> dict:
         """Keyword arguments for ``Model.__call__`` / ``Model.embed``."""
@@ -92,7 +101,11 @@ def media_items(messages) -> List[Tuple[str, object]]:
 
 
 class Processor:
-    def __init__(self, tokenizer, image_config: Optional[dict] = None, generation_config: Optional[dict] = None):
+    def __init__(self, tokenizer, image_config: Optional[dict] = None, generation_config: Optional[dict] = None,
+                 model_type: str = "minicpmv4_6"):
+        if model_type not in VIDEO_IMAGE_IDS:
+            raise ValueError(f"no processor for model_type {model_type!r}; known: {', '.join(VIDEO_IMAGE_IDS)}")
+        self.model_type = model_type
         self.tokenizer = tokenizer
         cfg = dict(max_slice_nums=9, scale_resolution=448, patch_size=14, use_image_id=True, slice_mode=True,
                    image_mean=[0.5] * 3, image_std=[0.5] * 3, downsample_mode="16x")
@@ -100,6 +113,7 @@ class Processor:
         self.image_config = cfg
         self.generation_config = generation_config or {}
         self.tokens = prompt.SpecialTokens.from_tokenizer(tokenizer)
+        self.plain = prompt.PlainText(tokenizer)
 
     @classmethod
     def from_pretrained(cls, path) -> "Processor":
@@ -110,7 +124,11 @@ class Processor:
         eos = gen.get("eos_token_id")
         eos = [eos] if isinstance(eos, int) else eos
         tokenizer = load_tokenizer(path, eos_token_ids=eos)
-        return cls(tokenizer, _read_json(path / "preprocessor_config.json"), gen)
+        config = _read_json(path / "config.json")
+        image_config = _read_json(path / "preprocessor_config.json")
+        if "downsample_mode" in config:  # 4.7 keeps it in config.json; a preprocessor value wins
+            image_config.setdefault("downsample_mode", config["downsample_mode"])
+        return cls(tokenizer, image_config, gen, config.get("model_type", "minicpmv4_6"))
 
     @property
     def eos_token_ids(self) -> List[int]:
@@ -121,7 +139,7 @@ class Processor:
              first_id: int = 0) -> PackedVision:
         """Slice every image of every item; one placeholder text per item (spec §8)."""
         c = self.image_config
-        divisor = 4 if downsample_mode == "4x" else 16
+        divisor = patches_per_token(downsample_mode)
         strips, sizes, replacements, tokens = [], [], [], []
         for k, images in enumerate(units_per_item, start=first_id):
             text = prompt.image_id(k, self.tokens) if use_image_id else ""
@@ -143,10 +161,18 @@ class Processor:
 
     def process_images(self, images, *, max_slice_nums=None, downsample_mode=None, use_image_id=None,
                        first_id: int = 0) -> PackedVision:
+        """Image files or PIL images -> slices and placeholders."""
+        return self.pack_images([load_image(i) for i in images], max_slice_nums=max_slice_nums,
+                                downsample_mode=downsample_mode, use_image_id=use_image_id, first_id=first_id)
+
+    def pack_images(self, images, *, max_slice_nums=None, downsample_mode=None, use_image_id=None,
+                    first_id: int = 0) -> PackedVision:
+        """Images already through ``load_image`` (each decoded once) -> slices and placeholders."""
         c = self.image_config
         return self.pack(
-            [[load_image(i)] for i in images], self.tokens.image,
-            max_slice_nums=max_slice_nums or c["max_slice_nums"], downsample_mode=downsample_mode or c["downsample_mode"],
+            [[i] for i in images], self.tokens.image,
+            max_slice_nums=c["max_slice_nums"] if max_slice_nums is None else check("max_slice_nums", max_slice_nums),
+            downsample_mode=downsample_mode or c["downsample_mode"],
             use_image_id=c["use_image_id"] if use_image_id is None else use_image_id, first_id=first_id)
 
     # -- the call ---------------------------------------------------------------------------
@@ -163,13 +189,14 @@ class Processor:
         unknown = set(video_options) - set(VIDEO_DEFAULTS)
         if unknown:
             raise TypeError(f"unknown processor options: {', '.join(sorted(unknown))}")
-        v = {**VIDEO_DEFAULTS, **video_options}
+        max_slice_nums = check("max_slice_nums", max_slice_nums)
+        v = {**VIDEO_DEFAULTS, **{k: check(k, x) for k, x in video_options.items() if x is not None}}
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
         mode = downsample_mode or self.image_config["downsample_mode"]
-        if mode not in ("16x", "4x"):
-            raise ValueError(f"downsample_mode must be '16x' or '4x', got {mode!r}")
-        text = prefix + prompt.render(self.tokenizer, messages, enable_thinking, add_generation_prompt, tools)
+        merge_side(mode)  # a ValueError naming the modes
+        text = prefix + prompt.render(self.tokenizer, self.plain.protect(messages), enable_thinking,
+                                      add_generation_prompt, tools)
         items = media_items(messages)
         images = [load_image(src) for kind, src in items if kind == "image"]
         sources = [src for kind, src in items if kind == "video"]
@@ -182,7 +209,7 @@ class Processor:
         out = ProcessorOutput(input_ids=None, downsample_mode=mode)
         expanded = text
         if images:
-            packed = self.process_images(images, max_slice_nums=max_slice_nums, downsample_mode=mode,
+            packed = self.pack_images(images, max_slice_nums=max_slice_nums, downsample_mode=mode,
                                          use_image_id=use_image_id, first_id=first_image_id)
             expanded = prompt.expand(expanded, self.tokens.image, packed.replacements)
             out.pixel_values, out.target_sizes = mx.array(packed.pixel_values), mx.array(packed.target_sizes)
@@ -193,23 +220,27 @@ class Processor:
         if encoded:
             expanded = prompt.expand(expanded, self.tokens.video, [e.replacement for e in encoded])
             out.video_features = mx.concatenate([e.features for e in encoded], axis=0)
+            if all(e.target_sizes is not None for e in encoded):
+                out.target_sizes_videos = mx.array(np.concatenate([np.asarray(e.target_sizes) for e in encoded]))
             out.frame_times = [list(e.frame_times) for e in encoded]
             video_tokens = [e.tokens for e in encoded]
         elif videos:
             packed = self.pack([[u for u, _ in units] for units in videos], self.tokens.video,
                                max_slice_nums=v["video_max_slice_nums"], downsample_mode=mode,
-                               use_image_id=v["video_use_image_id"], first_id=first_video_id)
+                               use_image_id=v["video_use_image_id"] and VIDEO_IMAGE_IDS[self.model_type],
+                               first_id=first_video_id)
             expanded = prompt.expand(expanded, self.tokens.video, packed.replacements)
             out.pixel_values_videos, out.target_sizes_videos = mx.array(packed.pixel_values), mx.array(packed.target_sizes)
             out.frame_times = [[t for _, t in units] for units in videos]
+            out.warnings = [w for units in videos for w in getattr(units, "warnings", [])]
             video_tokens = packed.tokens
         else:
             prompt.expand(expanded, self.tokens.video, [])
             video_tokens = []
-        ids = self.tokenizer.encode(expanded, add_special_tokens=False)
+        ids = self.plain.encode(expanded)
         out.input_ids = mx.array([ids], dtype=mx.int32)
         out.images, out.videos = len(images), len(sources)
-        out.text = expanded
+        out.text = self.plain.restore(expanded)
         out.image_spans = _spans(ids, self.tokenizer.convert_tokens_to_ids(self.tokens.image), image_tokens)
         out.video_spans = _spans(ids, self.tokenizer.convert_tokens_to_ids(self.tokens.video), video_tokens)
         return out

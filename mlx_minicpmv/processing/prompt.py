@@ -1,5 +1,16 @@
-"""Chat template rendering and the expansion of image/video pads into placeholder text (spec §8, §10)."""
+"""Chat template rendering and the expansion of image/video pads into placeholder text (spec §8, §10).
 
+Special tokens (turn markers, media markers) come only from the template and the processor: what
+a user or system message says is encoded as plain text, so typing ``<|im_end|>`` cannot forge a
+turn and typing ``<image>`` or ``<|image_pad|>`` is just text. (transformers' processor encodes
+the rendered prompt whole, so there such text becomes the special tokens.) Before rendering, the
+special-token strings inside user and system text are swapped for private-use marks that no
+template step can take for a token or trim; after expansion the prompt is split at the special
+tokens that remain, which are the template's and the processor's, and each piece between them
+is encoded with the marks put back and ``split_special_tokens``.
+"""
+
+import re
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -66,3 +77,58 @@ def render(tokenizer, messages: List[dict], enable_thinking: bool = False,
         messages, tokenize=False, add_generation_prompt=add_generation_prompt,
         enable_thinking=enable_thinking, tools=tools,
     )
+
+
+PROTECTED_ROLES = ("user", "system")
+MARK = re.compile("\ue000(\\d+)\ue001")
+
+
+class PlainText:
+    """Encodes a rendered prompt with special tokens only where the template put them."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        specials = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+        self.strings = sorted(specials, key=len, reverse=True)  # longest first, as the tokenizer matches
+        self.pattern = re.compile("(" + "|".join(map(re.escape, self.strings)) + ")") if self.strings else None
+
+    def protect(self, messages: List[dict]) -> List[dict]:
+        """Copies of ``messages`` whose user and system text has its special-token strings marked."""
+        if self.pattern is None:
+            return messages
+        index = {s: i for i, s in enumerate(self.strings)}
+
+        def mark(text):
+            return self.pattern.sub(lambda m: f"\ue000{index[m.group()]}\ue001", text) if isinstance(text, str) else text
+
+        out = []
+        for message in messages:
+            if isinstance(message, dict) and message.get("role") in PROTECTED_ROLES:
+                content = message.get("content")
+                if isinstance(content, list):
+                    content = [dict(item, text=mark(item["text"])) if isinstance(item, dict) and "text" in item
+                               else item for item in content]
+                message = dict(message, content=mark(content))
+            out.append(message)
+        return out
+
+    def restore(self, text: str) -> str:
+        return MARK.sub(lambda m: self.strings[int(m.group(1))], text)
+
+    def encode(self, text: str) -> List[int]:
+        """Token ids: each special-token string left in ``text`` as its id, the text between as
+        plain text (marked strings restored and encoded as the characters they are)."""
+        if self.pattern is None:
+            return self.tokenizer.encode(self.restore(text), add_special_tokens=False, split_special_tokens=True)
+        pieces = self.pattern.split(text)  # plain, special, plain, ...
+        encoded = {}  # a video prompt repeats a few short pieces thousands of times
+        ids = []
+        for k, piece in enumerate(pieces):
+            if k % 2:
+                ids.append(self.tokenizer.convert_tokens_to_ids(piece))
+            elif piece:
+                if piece not in encoded:
+                    encoded[piece] = self.tokenizer.encode(self.restore(piece), add_special_tokens=False,
+                                                           split_special_tokens=True)
+                ids += encoded[piece]
+        return ids

@@ -8,6 +8,7 @@ Every frame keeps its presentation time.
 
 import math
 import os
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterator, List, Sequence, Tuple
@@ -15,7 +16,7 @@ from typing import Iterator, List, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from .errors import MediaError
+from ..errors import MediaError
 
 SEPARATOR_PX = 6
 
@@ -47,7 +48,9 @@ def _open(path):
         raise MediaError(f"{path}: the file is empty (0 bytes); was the copy or download interrupted?")
     try:
         container = av.open(str(path))
-    except (FileNotFoundError, IsADirectoryError):
+    except IsADirectoryError:
+        raise MediaError(f"{path}: is a folder, not a video file") from None
+    except FileNotFoundError:
         raise MediaError(f"{path}: no such file") from None
     except av.error.FFmpegError as e:
         raise MediaError(f"{path}: not a video FFmpeg can read ({e.strerror or e}); is the file complete?") from None
@@ -120,12 +123,13 @@ def iter_frames(path, indices: Sequence[int], info: VideoInfo = None) -> Iterato
         # Seeking maps a time back to a decode index, which is exact only at a constant rate.
         constant = bool(stream.guessed_rate and stream.average_rate and stream.guessed_rate == stream.average_rate)
         pos, k = 0, 0
+        sought = None  # the frame the last seek was for: decode forward to it, never seek for it again
         try:
             while k < len(wanted):
-                if constant and wanted[k] - pos > 4 * rate + 16:
+                if constant and wanted[k] - pos > 4 * rate + 16 and sought != wanted[k]:
                     target = start + (wanted[k] - 0.5) / rate
                     container.seek(int(target / stream.time_base), stream=stream, backward=True)
-                    pos = None
+                    pos, sought = None, wanted[k]
                 for frame in container.decode(stream):
                     t = float(frame.pts * stream.time_base) if frame.pts is not None else (pos or 0) / (rate or 1)
                     if pos is None:  # after a seek, recover the index from the timestamp
@@ -138,7 +142,7 @@ def iter_frames(path, indices: Sequence[int], info: VideoInfo = None) -> Iterato
                             yield Frame(pos, t, image)
                             k += 1
                     pos += 1
-                    if k < len(wanted) and constant and wanted[k] - pos > 4 * rate + 16:
+                    if k < len(wanted) and constant and wanted[k] - pos > 4 * rate + 16 and sought != wanted[k]:
                         break
                 else:
                     break  # end of stream
@@ -148,6 +152,33 @@ def iter_frames(path, indices: Sequence[int], info: VideoInfo = None) -> Iterato
             # A broken tail: keep what was decoded (the caller sees fewer frames than asked).
         if k < len(wanted) and k == 0:
             raise MediaError(f"{path}: no frame could be decoded; the file is truncated or the codec unsupported")
+
+
+def decoded_end(path, info: VideoInfo, step: float = 5.0) -> float:
+    """How far the file really decodes, in seconds: the header's duration when its last frame
+    decodes, else just past the last frame a coarse scan (every ``step`` s) finds. A truncated
+    download keeps the header of the whole video."""
+    def times_of(indices):
+        try:
+            return [f.time for f in iter_frames(path, indices, info)]
+        except MediaError:  # none of them decodes
+            return []
+
+    last = info.total_num_frames - 1
+    if times_of([last]):
+        return info.duration
+    coarse = sorted({min(int(t * info.fps), last) for t in np.arange(0, info.duration, step)})
+    times = times_of(coarse)
+    if not times:
+        return 0.0
+    reached = coarse[len(times) - 1]  # then every frame after the last one the scan reached
+    times = times_of(list(range(reached, min(last, reached + int(step * info.fps) + 1)))) or times
+    return min(info.duration, times[-1] + 1 / info.fps)
+
+
+def short_read(path, info: VideoInfo, end: float) -> str:
+    return (f"{path}: the file decodes only to {end:.1f} s of the {info.duration:.1f} s its header gives; "
+            "it may be truncated (an interrupted copy or download), so the rest was not seen")
 
 
 def upright(frame) -> Image.Image:
@@ -187,6 +218,13 @@ def stack_canvas(images: Sequence[Image.Image]) -> Image.Image:
 
 UNIT_CACHE_SIZE = 2
 _units: "OrderedDict[tuple, list]" = OrderedDict()
+_units_lock = threading.Lock()
+
+
+def clear_cache() -> None:
+    """Forget the decoded videos kept for asking again (benchmarks time a cold start)."""
+    with _units_lock:
+        _units.clear()
 
 
 def file_key(path) -> tuple:
@@ -194,9 +232,18 @@ def file_key(path) -> tuple:
     return (os.path.realpath(path), st.st_size, st.st_mtime_ns)
 
 
-def load_video_units(path, max_num_frames: int = 128, stack_frames: int = 1, fps: float = 1.0):
+class Units(list):
+    """[(image, seconds)], with ``warnings`` about how the video was read (a short read)."""
+
+    def __init__(self, units=(), warnings=()):
+        super().__init__(units)
+        self.warnings = list(warnings)
+
+
+def load_video_units(path, max_num_frames: int = 128, stack_frames: int = 1, fps: float = 1.0) -> Units:
     """The visual units the model sees, with their times: [(image, seconds)], in order
-    main_0, composite_0, main_1, ... (composites only with ``stack_frames`` > 1).
+    main_0, composite_0, main_1, ... (composites only with ``stack_frames`` > 1). Where the file
+    decodes to less than its header says, ``.warnings`` says so.
 
     The last couple of results are kept (by file identity and sampling), so asking about the
     same video again decodes nothing."""
@@ -204,14 +251,16 @@ def load_video_units(path, max_num_frames: int = 128, stack_frames: int = 1, fps
         key = (file_key(path), max_num_frames, stack_frames, fps)
     except OSError:
         key = None
-    if key in _units:
-        _units.move_to_end(key)
-        return _units[key]
+    with _units_lock:  # threads share the cache
+        if key in _units:
+            _units.move_to_end(key)
+            return _units[key]
     units = _decode_units(path, max_num_frames, stack_frames, fps)
     if key is not None:
-        _units[key] = units
-        while len(_units) > UNIT_CACHE_SIZE:
-            _units.popitem(last=False)
+        with _units_lock:
+            _units[key] = units
+            while len(_units) > UNIT_CACHE_SIZE:
+                _units.popitem(last=False)
     return units
 
 
@@ -224,7 +273,11 @@ def _decode_units(path, max_num_frames, stack_frames, fps):
     if not frames:
         raise MediaError(f"{path}: no frame could be decoded")
     main_frames = [frames[i] for i in main if i in frames]
-    units = []
+    warnings = []
+    if len(main_frames) < len(main):
+        end = max(f.time for f in frames.values()) + 1 / info.fps
+        warnings.append(short_read(path, info, end))
+    units = Units(warnings=warnings)
     for sec, f in enumerate(main_frames):
         units.append((f.image.convert("RGB"), f.time))
         group = [frames[i] for i, t in zip(sub, sub_times) if sec <= t < sec + 1 and i in frames]

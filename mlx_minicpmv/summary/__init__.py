@@ -1,6 +1,7 @@
 from .export import FORMATS
 from .segments import Span, plan_segments, scene_cuts
-from .summarize import Chapter, Progress, SegmentSummary, Summary, follow_up, summarize
+from .pipeline import follow_up, summarize
+from .records import Chapter, Progress, SegmentSummary, Summary
 
 __all__ = ["FORMATS", "Span", "plan_segments", "scene_cuts", "Chapter", "Progress", "SegmentSummary", "Summary",
            "follow_up", "summarize"]

@@ -2,10 +2,8 @@
 
 import json
 from dataclasses import asdict
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .summarize import Summary
+from .records import Summary
 
 
 def clock(seconds: float, sep: str = ",", hours: bool = True) -> str:
@@ -22,7 +20,7 @@ def short(seconds: float) -> str:
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
-def to_markdown(summary: "Summary") -> str:
+def to_markdown(summary: Summary) -> str:
     lines = [f"# {summary.title}", "", summary.overview, ""]
     for chapter in summary.chapters:
         lines += [f"## [{short(chapter.start)}–{short(chapter.end)}] {chapter.title}", ""]
@@ -34,21 +32,21 @@ def to_markdown(summary: "Summary") -> str:
     return "\n".join(lines)
 
 
-def to_srt(summary: "Summary") -> str:
+def to_srt(summary: Summary) -> str:
     cues = []
     for i, chapter in enumerate(summary.chapters, start=1):
         cues.append(f"{i}\n{clock(chapter.start)} --> {clock(chapter.end)}\n{chapter.title}\n")
     return "\n".join(cues)
 
 
-def to_vtt(summary: "Summary") -> str:
+def to_vtt(summary: Summary) -> str:
     cues = ["WEBVTT", ""]
     for i, chapter in enumerate(summary.chapters, start=1):
         cues += [f"chapter-{i}", f"{clock(chapter.start, '.')} --> {clock(chapter.end, '.')}", chapter.title, ""]
     return "\n".join(cues)
 
 
-def to_json(summary: "Summary") -> str:
+def to_json(summary: Summary) -> str:
     return json.dumps(asdict(summary), indent=2, ensure_ascii=False)
 
 

@@ -1,0 +1,246 @@
+"""The OpenAI-compatible server under load, ours against mlx-vlm's, on the full-size random checkpoint.
+
+    flock /work/.bench.lock python benchmarks/serve.py [--impls ours mlx-vlm] [--streams 1 2 4 8]
+
+For each implementation a real server process (ours: ``python -m mlx_minicpmv.server``;
+mlx-vlm 0.7.10: ``python -m mlx_vlm.server`` in its own environment, the same MLX and BLAS, as
+compare.py sets it up) on 127.0.0.1, driven over HTTP:
+
+- aggregate decode tokens/s with 1, 2, 4 and 8 concurrent streams: every stream asks for the
+  same number of tokens after a short prompt; the figure counts the tokens all streams received
+  while all of them were decoding (from the last stream's first token to the first stream's last
+  token), so prefill is left out;
+- time to first token of a question about a 60 s 720p video, and of a follow-up question in
+  that chat (the client resends the history, as chat clients do), each as a one-token answer.
+
+Figures are printed as measured (``ROW {json}``) and as a table at the end. Never in the tests.
+"""
+
+import argparse
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from compare import OUT, convert_all, make_media, vlm_python  # noqa: E402
+from full_checkpoint import build  # noqa: E402
+from measure import FOLLOW_UP, QUESTION, report  # noqa: E402
+
+PROMPT = "Write a long story about a fox and a dog."
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A server process on a free loopback port, stopped on exit."""
+
+    def __init__(self, cmd, model_name: str, log: Path, eos, start_timeout_s: float = 900):
+        self.port = free_port()
+        self.never_stop = {str(t): -100 for t in eos}  # the random model's answers run to max_tokens
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.model = model_name
+        self.log = open(log, "w")
+        self.proc = subprocess.Popen([str(c) for c in cmd] + ["--port", str(self.port)], stdout=self.log,
+                                     stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.time() + start_timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited ({self.proc.returncode}); see {log}")
+            try:
+                if httpx.get(self.url + "/v1/models", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"the server did not start in {start_timeout_s:.0f} s; see {log}")
+            time.sleep(1)
+
+    def chat(self, messages, timeout_s: float = 3600, **kw) -> dict:
+        r = httpx.post(self.url + "/v1/chat/completions", timeout=timeout_s,
+                       json=dict(model=self.model, messages=messages, temperature=0.0, **kw))
+        if r.status_code != 200:
+            raise RuntimeError(f"{r.status_code}: {r.text[:300]}")
+        return r.json()
+
+    def stream_times(self, messages, max_tokens: int) -> list:
+        """Arrival time of each streamed chunk that carries generated text."""
+        times = []
+        body = dict(model=self.model, messages=messages, temperature=0.0, max_tokens=max_tokens, stream=True,
+                    logit_bias=self.never_stop)
+        with httpx.stream("POST", self.url + "/v1/chat/completions", json=body, timeout=3600) as r:
+            r.raise_for_status()
+            for line in r.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                for choice in json.loads(line[6:]).get("choices", []):
+                    delta = choice.get("delta") or {}
+                    if delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning"):
+                        times.append(time.perf_counter())
+        return times
+
+    def close(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def aggregate_decode(server: Server, streams: int, tokens: int) -> dict:
+    """Tokens/s over all streams while all of them decode."""
+    results = [None] * streams
+    barrier = threading.Barrier(streams)
+
+    def one(i):
+        barrier.wait()
+        results[i] = server.stream_times([{"role": "user", "content": f"{PROMPT} ({i})"}], tokens)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    start, end = max(r[0] for r in results), min(r[-1] for r in results)
+    inside = sum(sum(1 for t in r if start < t <= end) for r in results)
+    per_stream = statistics.median((len(r) - 1) / (r[-1] - r[0]) for r in results)
+    return dict(value=inside / (end - start) if end > start else float("nan"), window_s=end - start,
+                per_stream_tps=per_stream, chunks=[len(r) for r in results])
+
+
+def first_token_s(server: Server, messages, timeout_s: float):
+    """(seconds to a one-token answer, the answer), or (None, None) past ``timeout_s``."""
+    tic = time.perf_counter()
+    try:
+        answer = server.chat(messages, max_tokens=1, timeout_s=timeout_s)
+    except httpx.TimeoutException:
+        return None, None
+    return time.perf_counter() - tic, answer
+
+
+def video_turns(server: Server, video: str, timeout_s: float) -> dict:
+    first = [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": video}},
+                                          {"type": "text", "text": QUESTION}]}]
+    t_first, answer = first_token_s(server, first, timeout_s)
+    if answer is None:
+        return dict(error=f"no first token within {timeout_s:.0f} s", first_s=None, followup_s=None)
+    follow = first + [{"role": "assistant", "content": answer["choices"][0]["message"]["content"] or ""},
+                      {"role": "user", "content": FOLLOW_UP}]
+    t_follow, second = first_token_s(server, follow, timeout_s)
+    if second is None:
+        return dict(error=f"no follow-up token within {timeout_s:.0f} s", first_s=t_first, followup_s=None)
+    return dict(first_s=t_first, followup_s=t_follow, ratio=t_follow / t_first,
+                first_prompt_tokens=answer.get("usage", {}).get("prompt_tokens"),
+                followup_usage=second.get("usage"))
+
+
+def run_impl(name: str, cmd, model_name: str, video: str, args, out: Path, eos) -> dict:
+    figures = {}
+    server = Server(cmd, model_name, out / f"serve-{name}.log", eos)
+    try:
+        for n in args.streams:
+            aggregate_decode(server, n, 8)  # warm-up: a batch of this size runs once before it is timed
+            row = aggregate_decode(server, n, args.decode_tokens)
+            figures[f"decode{n}"] = row["value"]
+            report(f"{name}/decode x{n}", **row)
+        if not args.skip_video:
+            row = video_turns(server, video, args.video_timeout_s)
+            figures.update(video_first=row["first_s"], video_followup=row["followup_s"])
+            report(f"{name}/video", **row)
+    finally:
+        server.close()
+    return figures
+
+
+def table(results: dict, streams) -> str:
+    impls = list(results)
+    lines = [f"{'figure':44}" + "".join(f"{i:>12}" for i in impls)
+             + ("     ours / mlx-vlm" if len(impls) == 2 else "")]
+
+    def row(label, key, fmt):
+        vals = [results[i].get(key) for i in impls]
+        cells = "".join(f"{fmt.format(v) if v is not None else '-':>12}" for v in vals)
+        ratio = f"{vals[0] / vals[1]:>15.2f}x" if len(vals) == 2 and None not in vals and vals[1] else ""
+        lines.append(f"{label:44}{cells}{ratio}")
+
+    for n in streams:
+        row(f"decode, {n} concurrent stream(s) (tokens/s)", f"decode{n}", "{:.2f}")
+    for i in impls:
+        r = results[i]
+        if r.get("decode1") and r.get("decode4"):
+            r["scale4"] = r["decode4"] / r["decode1"]
+    row("aggregate at 4 streams / 1 stream", "scale4", "{:.2f}")
+    row("first token, 60 s video question (s)", "video_first", "{:.1f}")
+    row("first token, follow-up question (s)", "video_followup", "{:.2f}")
+    for i in impls:
+        r = results[i]
+        if r.get("video_first") and r.get("video_followup"):
+            r["followup_pct"] = 100 * r["video_followup"] / r["video_first"]
+    row("follow-up / first question (%)", "followup_pct", "{:.1f}")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--impls", nargs="*", default=["ours", "mlx-vlm"])
+    parser.add_argument("--streams", nargs="*", type=int, default=[1, 2, 4, 8])
+    parser.add_argument("--decode-tokens", type=int, default=48)
+    parser.add_argument("--variant", default="float32")
+    parser.add_argument("--skip-video", action="store_true")
+    parser.add_argument("--video-timeout-s", type=float, default=600,
+                        help="give up on a video question after this long (reported as such)")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    hf = build(out)
+    convert_all(out, hf, [args.variant], args.impls)
+    media = out / "media"
+    if not args.skip_video:
+        make_media(media, hf)
+    media.mkdir(exist_ok=True)
+    video = media / "v720.mp4"
+
+    eos = json.loads((hf / "generation_config.json").read_text())["eos_token_id"]
+    results = {}
+    if "ours" in args.impls:
+        model = out / f"mlx-{args.variant}"
+        cmd = [sys.executable, "-m", "mlx_minicpmv.server", "--model", model, "--media-dir", media,
+               "--max-concurrency", str(max(args.streams)), "--temp", "0"]
+        results["ours"] = run_impl("ours", cmd, model.name, "v720.mp4", args, out, eos)
+    if "mlx-vlm" in args.impls:
+        model = out / f"vlm-{args.variant}"
+        # mlx-vlm's server loads the model a request names; it listens on 0.0.0.0 unless told.
+        cmd = [vlm_python(out), "-c", VLM_SERVER, "--model", model, "--host", "127.0.0.1",
+               "--max-num-seqs", str(max(args.streams))]
+        results["mlx-vlm"] = run_impl("mlx-vlm", cmd, str(model), str(video), args, out, eos)
+    print()
+    print(table(results, args.streams))
+
+
+# mlx-vlm's server with the BLAS ours uses loaded first (as peers/mlx_vlm_peer.py does).
+VLM_SERVER = f"""
+import importlib.util, runpy, sys
+spec = importlib.util.spec_from_file_location("blas", {str(ROOT / 'mlx_minicpmv' / 'cpu' / 'blas.py')!r})
+blas = importlib.util.module_from_spec(spec); spec.loader.exec_module(blas); blas.load()
+sys.argv = ["mlx_vlm.server"] + sys.argv[1:]
+runpy.run_module("mlx_vlm.server", run_name="__main__")
+"""
+
+
+if __name__ == "__main__":
+    main()

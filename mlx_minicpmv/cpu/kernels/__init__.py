@@ -1,0 +1,102 @@
+"""Matmuls over quantised and half-precision weights as stored, for MLX's CPU backend.
+
+MLX's CPU backend multiplies quantised weights element by element (0.35 GFLOP/s) and bf16
+ones by converting whole matrices per call (7.5 GFLOP/s, measured), so ``load`` used to widen
+such checkpoints to fp32 on the CPU, at 4-6x the memory. These kernels read the stored
+weights: MLX's affine quantisation (4 or 8 bits, groups of 32, 64 or 128, scales and biases
+as MLX stores them) and bf16/fp16, with x and the result in float32. See ``matmul.cpp`` for
+the GEMV/GEMM split and ``kernels_impl.h`` for why they are written by hand.
+
+The extension is built on first use like the GEMV one (``mlx_minicpmv/cpu/gemv/build.py``) and
+checked against MLX's own matmuls at load (``_self_test``); where it cannot be built or
+disagrees, ``load()`` warns once and returns None, and callers widen to fp32 as before.
+``MLX_MINICPMV_KERNEL_ISA`` picks the instruction set (``avx512``, ``avx2``, ``scalar``; default:
+the best this CPU runs) or turns the kernels ``off``.
+"""
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SOURCES = ("CMakeLists.txt", "matmul.cpp", "pool.h", "pool.cpp", "dispatch.cpp", "kernels.h",
+           "kernels_impl.h", "kernels_scalar.cpp", "kernels_avx2.cpp", "kernels_avx512.cpp")
+BITS = (4, 8)
+GROUP_SIZES = (32, 64, 128)
+
+_module = None
+_failed = None  # why the kernels are unavailable, once load() found out
+_isa = ""  # the instruction set asked for; "" is the best the CPU runs
+
+
+def load():
+    """The compiled extension (built once per MLX version), or None with a warning why not."""
+    global _module, _failed, _isa
+    if _module is not None or _failed is not None:
+        return _module
+    choice = os.environ.get("MLX_MINICPMV_KERNEL_ISA", "").lower()
+    if sys.platform != "linux" or choice == "off":
+        _failed = "off on this platform or by MLX_MINICPMV_KERNEL_ISA=off"
+        return None
+    from ..gemv.build import BuildError, build_and_import
+
+    try:
+        module = build_and_import(HERE, SOURCES, "_cpu_kernels", __name__)
+        if choice and choice not in module.runnable_isas():
+            raise ValueError(f"MLX_MINICPMV_KERNEL_ISA={choice}: this CPU runs {', '.join(module.runnable_isas())}")
+        _isa = choice
+        _self_test(module)
+    except (BuildError, ImportError, OSError, RuntimeError, TypeError, ValueError) as e:
+        _failed = str(e)
+        warnings.warn(f"mlx_minicpmv: quantised and bf16/fp16 weights are widened to fp32 on this CPU, "
+                      f"the kernels that read them as stored are unavailable: {e}", RuntimeWarning, stacklevel=2)
+        return None
+    _module = module
+    return _module
+
+
+def isa() -> str:
+    """The instruction set the kernels run with (after ``load()``)."""
+    return _isa or _module.runnable_isas()[0]
+
+
+def supports_quantized(group_size: int, bits: int, mode: str = "affine") -> bool:
+    return mode == "affine" and bits in BITS and group_size in GROUP_SIZES
+
+
+def quantized_matmul(x, w, scales, biases, group_size: int, bits: int, isa: str = None):
+    """``x @ dequantize(w, scales, biases).T`` (MLX's ``quantized_matmul`` with transpose=True),
+    x float32 (..., K), w (N, K·bits/32) uint32; needs ``load()``."""
+    return _module.quantized_matmul(x, w, scales, biases, group_size, bits, _isa if isa is None else isa)
+
+
+def half_matmul(x, w, isa: str = None):
+    """``x @ w.T`` for bf16 or fp16 w (N, K), x float32 (..., K); needs ``load()``."""
+    return _module.half_matmul(x, w, _isa if isa is None else isa)
+
+
+def _self_test(module) -> None:
+    """Refuse kernels that disagree with MLX (a miscompiled instruction set, a nanobind ABI that
+    no longer matches): every path once, GEMV (1 row) and GEMM (5 rows), against MLX in fp32."""
+    import mlx.core as mx
+
+    key = mx.random.key(19)
+    w = mx.random.normal((40, 128), key=key)
+    for rows in (1, 5):
+        x = mx.random.normal((rows, 128), key=mx.random.key(rows))
+        checks = []
+        for bits in BITS:
+            q, s, b = mx.quantize(w.astype(mx.bfloat16), group_size=64, bits=bits)
+            want = mx.quantized_matmul(x, q, s, b, transpose=True, group_size=64, bits=bits)
+            checks.append((module.quantized_matmul(x, q, s, b, 64, bits, _isa), want, f"{bits}-bit"))
+        for dtype in (mx.bfloat16, mx.float16):
+            half = w.astype(dtype)
+            checks.append((module.half_matmul(x, half, _isa), x @ half.astype(mx.float32).T, str(dtype)))
+        for got, want, what in checks:
+            if not mx.allclose(got, want, rtol=1e-4, atol=1e-4).item():
+                raise RuntimeError(f"the {isa_name(module)} kernels disagree with MLX ({what}, {rows} rows)")
+
+
+def isa_name(module) -> str:
+    return _isa or module.runnable_isas()[0]

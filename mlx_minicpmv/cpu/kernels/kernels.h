@@ -1,0 +1,81 @@
+// The per-instruction-set kernels behind matmul.cpp: each reads the stored weights (MLX's
+// affine quantisation, or bf16/fp16) and never holds more of them in fp32 than one tile.
+//
+// kernels_impl.h holds one body of each kernel, written over a small vector abstraction;
+// kernels_{scalar,avx2,avx512}.cpp compile it for one instruction set each, and dispatch.cpp
+// picks one at run time from what the CPU has.
+
+#pragma once
+
+#include <cstdint>
+
+namespace cpuk {
+
+enum class Float : int { f32 = 0, bf16 = 1, f16 = 2 };  // the stored dtype of half weights and of scales
+
+// One (N, K) weight matrix in MLX's affine format: row n, group g is scale·q + bias, the
+// q packed little-end first into uint32 words (8 per word at 4 bits, 4 at 8 bits).
+struct Quantized {
+  const uint32_t* w;
+  const void* scales;  // (N, K / group)
+  const void* biases;
+  Float dtype;  // of scales and biases
+  int K, group, bits;
+};
+
+struct Isa {
+  const char* name;
+  // At 4 bits the kernels read x in the nibble order of their vectors: in blocks of
+  // nibble_block = 2·L values, (x0, x2, .., x_{2L-2}, x1, x3, .., x_{2L-1}), the order in which
+  // L packed bytes widen to a vector of low nibbles and one of high nibbles (matmul.cpp's
+  // permute_nibble_order). At 8 bits x is read as it is.
+  int nibble_block;
+  // y[n - n0] = Σ_g scale[n,g]·(xp · q[n,g]) + bias[n,g]·xsum[g] for n in [n0, n1); xsum
+  // holds the sums of x by group.
+  void (*qgemv)(const Quantized& q, const float* xp, const float* xsum, int n0, int n1, float* y);
+  // rows [n0, n1) dequantised into tile (n1 - n0, K), fp32, in xp's k order (a GEMM against
+  // the tile takes x permuted the same way, so no interleaving is needed here).
+  void (*qdequant)(const Quantized& q, int n0, int n1, float* tile);
+  // y[n - n0] = x · w[n] for half weights w (N, K).
+  void (*hgemv)(const uint16_t* w, Float dtype, int K, const float* x, int n0, int n1, float* y);
+  // rows [n0, n1) of w widened into tile (n1 - n0, K).
+  void (*hwiden)(const uint16_t* w, Float dtype, int K, int n0, int n1, float* tile);
+};
+
+const Isa& scalar_isa();
+const Isa& avx2_isa();
+const Isa& avx512_isa();
+
+// The instruction sets this CPU (and its OS) can run, best first; "scalar" always.
+const Isa* best_isa();
+const Isa* isa_named(const char* name);  // nullptr where unknown or not runnable here
+
+static inline float bf16_to_f32(uint16_t h) {
+  uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  __builtin_memcpy(&f, &bits, 4);
+  return f;
+}
+
+static inline float f16_to_f32(uint16_t h) {
+  // IEEE half -> float without F16C (the scalar path): exact, subnormals included.
+  uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ffu, bits;
+  if (exp == 0) {
+    float f = static_cast<float>(man) * (1.0f / 16777216.0f);  // man · 2^-24
+    return sign ? -f : f;
+  }
+  bits = sign | (exp == 0x1f ? 0x7f800000u : (exp + 112) << 23) | (man << 13);
+  float f;
+  __builtin_memcpy(&f, &bits, 4);
+  return f;
+}
+
+static inline float load_float(const void* p, Float dtype, long i) {
+  switch (dtype) {
+    case Float::bf16: return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
+    case Float::f16: return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
+    default: return static_cast<const float*>(p)[i];
+  }
+}
+
+}  // namespace cpuk

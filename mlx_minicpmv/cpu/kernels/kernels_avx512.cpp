@@ -1,0 +1,49 @@
+// AVX-512F (+ F16C, FMA): 16 floats a vector. Compiled with those flags (CMakeLists.txt) and
+// run only where dispatch.cpp found them.
+//
+// VNNI and AVX-512 BF16 are not used here: their dot products take int8 or bf16 activations,
+// so x would be rounded (to 8 bits, or to bf16's 8-bit mantissa) before every product, where
+// MLX's quantised and bf16 matmuls keep it in float; and the GEMV is bound by reading the
+// weights, which these widenings already keep up with (one vector op per 16 weights).
+
+#include <immintrin.h>
+
+#include "kernels.h"
+
+namespace cpuk::avx512 {
+
+struct V {
+  using T = __m512;
+  static constexpr int L = 16;
+  static T zero() { return _mm512_setzero_ps(); }
+  static T bcast(float v) { return _mm512_set1_ps(v); }
+  static T load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
+  static T add(T a, T b) { return _mm512_add_ps(a, b); }
+  static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
+  static float hsum(T v) { return _mm512_reduce_add_ps(v); }
+  static __m128i bytes(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+  static T widen_bytes(__m128i b) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b)); }
+  static T u8(const uint8_t* p) { return widen_bytes(bytes(p)); }
+  static void nibbles(const uint8_t* p, T& lo, T& hi) {  // each byte in a lane of its own: no mask for >> 4
+    const __m512i b = _mm512_cvtepu8_epi32(bytes(p));
+    lo = _mm512_cvtepi32_ps(_mm512_and_si512(b, _mm512_set1_epi32(15)));
+    hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4));
+  }
+  static T bf16(const uint16_t* p) {
+    __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
+  }
+  static T f16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+};
+
+#include "kernels_impl.h"
+
+}  // namespace cpuk::avx512
+
+namespace cpuk {
+const Isa& avx512_isa() {
+  static const Isa isa = avx512::make_isa<avx512::V>("avx512");
+  return isa;
+}
+}  // namespace cpuk

@@ -1,0 +1,152 @@
+// One body of each kernel, over a vector type V (kernels_{scalar,avx2,avx512}.cpp): V::T holds
+// V::L floats; V::u8 widens V::L bytes to floats, V::nibbles the low and the high nibbles of
+// V::L bytes (one widening for both), V::bf16 / V::f16 V::L halves. Included once per instruction set, inside a namespace
+// of its own, so each copy is compiled with its own target flags (kernels.h first).
+//
+// Why by hand: MLX's CPU quantised matmul dequantises element by element (0.35 GFLOP/s,
+// measured), its bf16 matmul converts whole matrices per call, the OpenBLAS wheel exports no
+// sbgemm or sbgemv (nm of cmeel-openblas 0.3.31: only the sbgemm_p/q/r tuning symbols), and
+// ggml's CPU kernels read ggml's own block formats (Q8_0, Q4_K), not MLX's scale + bias per
+// group, and quantise the activations to int8 first, which would break the 1e-4 agreement
+// with MLX's own quantised matmul that keeps activations in float. So the weights are widened
+// here, in registers (GEMV) or one tile at a time (GEMM, then OpenBLAS's sgemm), and every
+// product and sum is fp32 as in MLX.
+
+#pragma once
+
+
+
+template <class V, int BITS, int GROUP>
+void qgemv_t(const Quantized& q, const float* xp, const float* xsum, int n0, int n1, float* y) {
+  using T = typename V::T;
+  constexpr int L = V::L, A = 4;  // A independent accumulators hide the FMA latency
+  const int G = q.K / GROUP;
+  const long row_bytes = static_cast<long>(q.K) * BITS / 8;
+  for (int n = n0; n < n1; ++n) {
+    const uint8_t* row = reinterpret_cast<const uint8_t*>(q.w) + n * row_bytes;
+    const long sg = static_cast<long>(n) * G;
+    T total[2] = {V::zero(), V::zero()};
+    float bias_term = 0.0f;
+    for (int g = 0; g < G; ++g) {
+      const float* x = xp + g * GROUP;
+      const uint8_t* b = row + g * (GROUP * BITS / 8);
+      T acc[A] = {V::zero(), V::zero(), V::zero(), V::zero()};
+      if constexpr (BITS == 8) {
+        for (int k = 0; k < GROUP; k += L) acc[(k / L) % A] = V::fma(V::u8(b + k), V::load(x + k), acc[(k / L) % A]);
+      } else {  // L bytes hold 2L values: the low nibbles the even ones, the high nibbles the odd ones
+        for (int i = 0; i < GROUP / 2; i += L) {
+          const int a = (2 * i / L) % A;
+          T lo, hi;
+          V::nibbles(b + i, lo, hi);
+          acc[a] = V::fma(lo, V::load(x + 2 * i), acc[a]);
+          acc[a + 1] = V::fma(hi, V::load(x + 2 * i + L), acc[a + 1]);
+        }
+      }
+      const T sum = V::add(V::add(acc[0], acc[1]), V::add(acc[2], acc[3]));
+      total[g & 1] = V::fma(V::bcast(load_float(q.scales, q.dtype, sg + g)), sum, total[g & 1]);
+      bias_term += load_float(q.biases, q.dtype, sg + g) * xsum[g];
+    }
+    y[n - n0] = V::hsum(V::add(total[0], total[1])) + bias_term;
+  }
+}
+
+template <class V, int BITS, int GROUP>
+void qdequant_t(const Quantized& q, int n0, int n1, float* tile) {
+  using T = typename V::T;
+  constexpr int L = V::L;
+  const int G = q.K / GROUP;
+  const long row_bytes = static_cast<long>(q.K) * BITS / 8;
+  for (int n = n0; n < n1; ++n) {
+    const uint8_t* row = reinterpret_cast<const uint8_t*>(q.w) + n * row_bytes;
+    float* out = tile + static_cast<long>(n - n0) * q.K;
+    for (int g = 0; g < G; ++g) {
+      const long i = static_cast<long>(n) * G + g;
+      const T s = V::bcast(load_float(q.scales, q.dtype, i)), c = V::bcast(load_float(q.biases, q.dtype, i));
+      const uint8_t* b = row + g * (GROUP * BITS / 8);
+      float* o = out + g * GROUP;
+      if constexpr (BITS == 8) {
+        for (int k = 0; k < GROUP; k += L) V::store(o + k, V::fma(V::u8(b + k), s, c));
+      } else {
+        for (int i = 0; i < GROUP / 2; i += L) {
+          T lo, hi;
+          V::nibbles(b + i, lo, hi);
+          V::store(o + 2 * i, V::fma(lo, s, c));
+          V::store(o + 2 * i + L, V::fma(hi, s, c));
+        }
+      }
+    }
+  }
+}
+
+template <class V, bool BF16>
+inline typename V::T widen(const uint16_t* p) {
+  if constexpr (BF16) return V::bf16(p); else return V::f16(p);
+}
+
+template <class V, bool BF16>
+void hgemv_t(const uint16_t* w, int K, const float* x, int n0, int n1, float* y) {
+  using T = typename V::T;
+  constexpr int L = V::L, A = 4;
+  const int body = K / (A * L) * (A * L);
+  for (int n = n0; n < n1; ++n) {
+    const uint16_t* row = w + static_cast<long>(n) * K;
+    T acc[A] = {V::zero(), V::zero(), V::zero(), V::zero()};
+    for (int k = 0; k < body; k += A * L) {
+      for (int a = 0; a < A; ++a) acc[a] = V::fma(widen<V, BF16>(row + k + a * L), V::load(x + k + a * L), acc[a]);
+    }
+    float sum = V::hsum(V::add(V::add(acc[0], acc[1]), V::add(acc[2], acc[3])));
+    for (int k = body; k < K; ++k) sum += (BF16 ? bf16_to_f32(row[k]) : f16_to_f32(row[k])) * x[k];
+    y[n - n0] = sum;
+  }
+}
+
+template <class V, bool BF16>
+void hwiden_t(const uint16_t* w, int K, int n0, int n1, float* tile) {
+  constexpr int L = V::L;
+  const int body = K / L * L;
+  for (int n = n0; n < n1; ++n) {
+    const uint16_t* row = w + static_cast<long>(n) * K;
+    float* out = tile + static_cast<long>(n - n0) * K;
+    for (int k = 0; k < body; k += L) V::store(out + k, widen<V, BF16>(row + k));
+    for (int k = body; k < K; ++k) out[k] = BF16 ? bf16_to_f32(row[k]) : f16_to_f32(row[k]);
+  }
+}
+
+template <class V, int BITS>
+void qgemv_bits(const Quantized& q, const float* xp, const float* xsum, int n0, int n1, float* y) {
+  switch (q.group) {
+    case 32: return qgemv_t<V, BITS, 32>(q, xp, xsum, n0, n1, y);
+    case 64: return qgemv_t<V, BITS, 64>(q, xp, xsum, n0, n1, y);
+    default: return qgemv_t<V, BITS, 128>(q, xp, xsum, n0, n1, y);
+  }
+}
+
+template <class V, int BITS>
+void qdequant_bits(const Quantized& q, int n0, int n1, float* tile) {
+  switch (q.group) {
+    case 32: return qdequant_t<V, BITS, 32>(q, n0, n1, tile);
+    case 64: return qdequant_t<V, BITS, 64>(q, n0, n1, tile);
+    default: return qdequant_t<V, BITS, 128>(q, n0, n1, tile);
+  }
+}
+
+// The Isa table of V; matmul.cpp checks bits in {4, 8} and group in {32, 64, 128} first.
+template <class V>
+Isa make_isa(const char* name) {
+  return Isa{
+      name,
+      2 * V::L,
+      [](const Quantized& q, const float* xp, const float* xsum, int n0, int n1, float* y) {
+        q.bits == 8 ? qgemv_bits<V, 8>(q, xp, xsum, n0, n1, y) : qgemv_bits<V, 4>(q, xp, xsum, n0, n1, y);
+      },
+      [](const Quantized& q, int n0, int n1, float* tile) {
+        q.bits == 8 ? qdequant_bits<V, 8>(q, n0, n1, tile) : qdequant_bits<V, 4>(q, n0, n1, tile);
+      },
+      [](const uint16_t* w, Float dtype, int K, const float* x, int n0, int n1, float* y) {
+        dtype == Float::bf16 ? hgemv_t<V, true>(w, K, x, n0, n1, y) : hgemv_t<V, false>(w, K, x, n0, n1, y);
+      },
+      [](const uint16_t* w, Float dtype, int K, int n0, int n1, float* tile) {
+        dtype == Float::bf16 ? hwiden_t<V, true>(w, K, n0, n1, tile) : hwiden_t<V, false>(w, K, n0, n1, tile);
+      },
+  };
+}

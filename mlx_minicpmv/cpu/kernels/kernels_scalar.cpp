@@ -1,0 +1,36 @@
+// The portable kernels: plain C++ the compiler may vectorise for the baseline target; used
+// where no faster set runs, and as the reference the others are tested against.
+
+#include "kernels.h"
+
+namespace cpuk::scalar {
+
+struct V {
+  using T = float;
+  static constexpr int L = 1;
+  static T zero() { return 0.0f; }
+  static T bcast(float v) { return v; }
+  static T load(const float* p) { return *p; }
+  static void store(float* p, T v) { *p = v; }
+  static T add(T a, T b) { return a + b; }
+  static T fma(T a, T b, T c) { return a * b + c; }
+  static float hsum(T v) { return v; }
+  static T u8(const uint8_t* p) { return static_cast<float>(*p); }
+  static void nibbles(const uint8_t* p, T& lo, T& hi) {
+    lo = static_cast<float>(*p & 15);
+    hi = static_cast<float>(*p >> 4);
+  }
+  static T bf16(const uint16_t* p) { return bf16_to_f32(*p); }
+  static T f16(const uint16_t* p) { return f16_to_f32(*p); }
+};
+
+#include "kernels_impl.h"
+
+}  // namespace cpuk::scalar
+
+namespace cpuk {
+const Isa& scalar_isa() {
+  static const Isa isa = scalar::make_isa<scalar::V>("scalar");
+  return isa;
+}
+}  // namespace cpuk

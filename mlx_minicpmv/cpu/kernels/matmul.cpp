@@ -1,0 +1,245 @@
+// x @ W.T on MLX's CPU backend for W as stored: MLX's affine quantisation (4 or 8 bits, groups
+// of 32, 64 or 128) or bf16/fp16, x and the result in float32. Two MLX primitives over the
+// kernels of kernels.h, and the Python module.
+//
+// Up to kGemvRows rows of x each run as a GEMV over all cores (Pool): the weights are widened
+// in registers as they stream by, so a decoded token reads each weight byte once. More rows
+// (prefill, the vision tower) run as a GEMM: a tile of the weights is widened into a cache-
+// sized fp32 buffer and multiplied by OpenBLAS's sgemm (with the symbol of the BLAS loaded
+// globally before mlx.core, mlx_minicpmv/blas.py), so no more than one tile of fp32 weights
+// ever exists and the GEMM runs at fp32 BLAS speed.
+
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/ops.h"
+#include "mlx/primitives.h"
+#include "pool.h"
+
+namespace mx = mlx::core;
+namespace nb = nanobind;
+using cpuk::Float;
+using cpuk::Isa;
+
+extern "C" {
+enum CBLAS_ORDER { CblasRowMajor = 101 };
+enum CBLAS_TRANSPOSE { CblasNoTrans = 111, CblasTrans = 112 };
+void cblas_sgemm(CBLAS_ORDER order, CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int k, float alpha,
+                 const float* a, int lda, const float* b, int ldb, float beta, float* c, int ldc);
+}
+
+namespace {
+
+constexpr int kGemvRows = 4;         // below this many rows of x, GEMVs; from it on, the tiled GEMM
+constexpr long kTileFloats = 1 << 20;  // 4 MB of widened weights per sgemm call
+constexpr int kSharedWidenRows = 64;   // below this many rows the pool widens the tiles
+
+Float float_of(mx::Dtype d) {
+  if (d == mx::bfloat16) return Float::bf16;
+  if (d == mx::float16) return Float::f16;
+  if (d == mx::float32) return Float::f32;
+  throw std::invalid_argument("[cpu_kernels] scales and half weights must be float32, bfloat16 or float16");
+}
+
+// x in the kernels' nibble order: each block of `block` values, evens first, then odds (kernels.h).
+void permute_nibble_order(const float* x, long n, int block, float* out) {
+  const int half = block / 2;
+  for (long b = 0; b < n; b += block) {
+    for (int i = 0; i < half; ++i) {
+      out[b + i] = x[b + 2 * i];
+      out[b + half + i] = x[b + 2 * i + 1];
+    }
+  }
+}
+
+// The rows of x that run as GEMVs: widen in registers, split the output over the pool.
+template <class Gemv>
+void gemv_rows(const float* x, int M, int K, int N, float* y, Gemv gemv) {
+  for (int m = 0; m < M; ++m) {
+    const float* xm = x + static_cast<long>(m) * K;
+    float* ym = y + static_cast<long>(m) * N;
+    cpuk::Pool::get().parallel_for(N, 16, [&](long b, long e) { gemv(xm, static_cast<int>(b), static_cast<int>(e), ym + b); });
+  }
+}
+
+// Scratch that lives with the thread (MLX's stream thread): a fresh 4 MB tile per call would
+// be a fresh mmap, zeroed page by page, every time.
+float* scratch(std::vector<float>& buffer, size_t n) {
+  if (buffer.size() < n) buffer.resize(n);
+  return buffer.data();
+}
+
+// The GEMM: tiles of widened weight rows, each multiplied by sgemm. With many rows the
+// widening is a few percent of the sgemm and runs on this thread alone, so that it does not
+// contend with OpenBLAS's threads (which spin between calls); with few, the pool shares it.
+template <class Widen>
+void gemm_tiles(const float* x, int M, int K, int N, float* y, Widen widen) {
+  thread_local std::vector<float> buffer;
+  const int rows = static_cast<int>(std::max<long>(16, std::min<long>(N, kTileFloats / K)));
+  float* tile = scratch(buffer, static_cast<size_t>(rows) * K);
+  for (int n0 = 0; n0 < N; n0 += rows) {
+    const int nb = std::min(rows, N - n0);
+    auto part = [&](long b, long e) { widen(n0 + static_cast<int>(b), n0 + static_cast<int>(e), tile + b * K); };
+    if (M < kSharedWidenRows) {
+      cpuk::Pool::get().parallel_for(nb, 8, part);
+    } else {
+      part(0, nb);
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, nb, K, 1.0f, x, K, tile, K, 0.0f, y + n0, N);
+  }
+}
+
+// y = x @ W.T for quantised W: inputs x, w, scales, biases.
+void run_quantized(const Isa& isa, int group, int bits, const std::vector<mx::array>& in, const float* x, int M, int K,
+                   int N, float* y) {
+  const cpuk::Quantized q{in[1].data<uint32_t>(), in[2].data<void>(), in[3].data<void>(), float_of(in[2].dtype()),
+                          K, group, bits};
+  thread_local std::vector<float> permuted;
+  if (bits == 4) {  // the nibble order, once for all rows
+    float* xp = scratch(permuted, static_cast<size_t>(M) * K);
+    permute_nibble_order(x, static_cast<long>(M) * K, isa.nibble_block, xp);
+    x = xp;
+  }
+  if (M >= kGemvRows) {
+    return gemm_tiles(x, M, K, N, y, [&](int n0, int n1, float* tile) { isa.qdequant(q, n0, n1, tile); });
+  }
+  const int G = K / group;
+  thread_local std::vector<float> sums_buffer;
+  float* xsum = scratch(sums_buffer, static_cast<size_t>(M) * G);
+  std::fill(xsum, xsum + static_cast<long>(M) * G, 0.0f);
+  for (long i = 0; i < static_cast<long>(M) * K; ++i) xsum[i / group] += x[i];
+  for (int m = 0; m < M; ++m) {
+    const float* sums = xsum + static_cast<long>(m) * G;
+    gemv_rows(x + static_cast<long>(m) * K, 1, K, N, y + static_cast<long>(m) * N,
+              [&](const float* xm, int n0, int n1, float* ym) { isa.qgemv(q, xm, sums, n0, n1, ym); });
+  }
+}
+
+// y = x @ W.T for bf16 or fp16 W: inputs x, w.
+void run_half(const Isa& isa, const std::vector<mx::array>& in, const float* x, int M, int K, int N, float* y) {
+  const uint16_t* w = in[1].data<uint16_t>();
+  const Float dtype = float_of(in[1].dtype());
+  if (M >= kGemvRows) {
+    return gemm_tiles(x, M, K, N, y, [&](int n0, int n1, float* tile) { isa.hwiden(w, dtype, K, n0, n1, tile); });
+  }
+  gemv_rows(x, M, K, N, y, [&](const float* xm, int n0, int n1, float* ym) { isa.hgemv(w, dtype, K, xm, n0, n1, ym); });
+}
+
+// One primitive for both: bits 4 or 8 with four inputs (quantised), 16 with two (half).
+class CpuMatmul : public mx::UnaryPrimitive {
+ public:
+  CpuMatmul(mx::Stream s, const Isa* isa, int group, int bits) : mx::UnaryPrimitive(s), isa_(isa), group_(group), bits_(bits) {}
+
+  const char* name() const override { return bits_ == 16 ? "CpuHalfMatmul" : "CpuQuantizedMatmul"; }
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("[cpu_kernels] CPU only: on a GPU MLX's own quantised and half matmuls run.");
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    auto shape = inputs[0].shape();
+    shape.back() = inputs[1].shape(0);
+    return {shape};
+  }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto& o = static_cast<const CpuMatmul&>(other);
+    return isa_ == o.isa_ && group_ == o.group_ && bits_ == o.bits_;
+  }
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    std::vector<mx::array> held;
+    for (auto& a : inputs) {
+      encoder.set_input_array(a);
+      held.push_back(mx::array::unsafe_weak_copy(a));
+    }
+    encoder.set_output_array(out);
+    // The task runs later on the stream's thread, maybe after this primitive is gone: it
+    // captures values only.
+    encoder.dispatch([isa = isa_, group = group_, bits = bits_, held = std::move(held),
+                      out = mx::array::unsafe_weak_copy(out)]() mutable {
+      const int K = held[0].shape(-1), N = out.shape(-1);
+      const int M = static_cast<int>(held[0].size() / K);
+      if (bits == 16) {
+        run_half(*isa, held, held[0].data<float>(), M, K, N, out.data<float>());
+      } else {
+        run_quantized(*isa, group, bits, held, held[0].data<float>(), M, K, N, out.data<float>());
+      }
+    });
+  }
+
+ private:
+  const Isa* isa_;
+  int group_, bits_;
+};
+
+const Isa* isa_or_best(const std::string& name) {
+  if (name.empty()) return cpuk::best_isa();
+  if (const Isa* isa = cpuk::isa_named(name.c_str())) return isa;
+  throw std::invalid_argument("[cpu_kernels] the kernels '" + name + "' do not run on this CPU (scalar always does)");
+}
+
+mx::Shape out_shape(const mx::array& x, const mx::array& w) {
+  auto shape = x.shape();
+  shape.back() = w.shape(0);
+  return shape;
+}
+
+void check_x(const mx::array& x, int K) {
+  if (x.dtype() != mx::float32) throw std::invalid_argument("[cpu_kernels] x must be float32");
+  if (x.ndim() < 1 || x.shape(-1) != K) throw std::invalid_argument("[cpu_kernels] x (..., K) must match the weights' K");
+}
+
+mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::array& scales, const mx::array& biases,
+                           int group_size, int bits, const std::string& isa) {
+  if (bits != 4 && bits != 8) throw std::invalid_argument("[cpu_kernels] bits must be 4 or 8");
+  if (group_size != 32 && group_size != 64 && group_size != 128)
+    throw std::invalid_argument("[cpu_kernels] group_size must be 32, 64 or 128");
+  if (w.dtype() != mx::uint32 || w.ndim() != 2) throw std::invalid_argument("[cpu_kernels] w must be (N, K·bits/32) uint32");
+  const int K = w.shape(1) * 32 / bits, N = w.shape(0);
+  check_x(x, K);
+  if (scales.shape() != mx::Shape{N, K / group_size} || biases.shape() != scales.shape() || biases.dtype() != scales.dtype())
+    throw std::invalid_argument("[cpu_kernels] scales and biases must be (N, K / group_size), of one dtype");
+  float_of(scales.dtype());
+  auto s = mx::to_stream(mx::Device::cpu);
+  std::vector<mx::array> inputs = {mx::contiguous(x, false, s), mx::contiguous(w, false, s),
+                                   mx::contiguous(scales, false, s), mx::contiguous(biases, false, s)};
+  return mx::array(out_shape(x, w), mx::float32, std::make_shared<CpuMatmul>(s, isa_or_best(isa), group_size, bits),
+                   std::move(inputs));
+}
+
+mx::array half_matmul(const mx::array& x, const mx::array& w, const std::string& isa) {
+  if ((w.dtype() != mx::bfloat16 && w.dtype() != mx::float16) || w.ndim() != 2)
+    throw std::invalid_argument("[cpu_kernels] w must be (N, K) bfloat16 or float16");
+  check_x(x, w.shape(1));
+  auto s = mx::to_stream(mx::Device::cpu);
+  std::vector<mx::array> inputs = {mx::contiguous(x, false, s), mx::contiguous(w, false, s)};
+  return mx::array(out_shape(x, w), mx::float32, std::make_shared<CpuMatmul>(s, isa_or_best(isa), 0, 16), std::move(inputs));
+}
+
+std::vector<std::string> runnable_isas() {
+  std::vector<std::string> names;
+  for (const char* name : {"avx512", "avx2", "scalar"}) {
+    if (cpuk::isa_named(name)) names.emplace_back(name);
+  }
+  return names;
+}
+
+}  // namespace
+
+NB_MODULE(_cpu_kernels, m) {
+  m.def("quantized_matmul", &quantized_matmul, nb::arg("x"), nb::arg("w"), nb::arg("scales"), nb::arg("biases"),
+        nb::arg("group_size"), nb::arg("bits"), nb::arg("isa") = "",
+        "x @ dequantize(w, scales, biases).T for MLX's affine quantisation, x float32, on the CPU stream.");
+  m.def("half_matmul", &half_matmul, nb::arg("x"), nb::arg("w"), nb::arg("isa") = "",
+        "x @ w.T for bfloat16 or float16 w, x and the result float32, on the CPU stream.");
+  m.def("runnable_isas", &runnable_isas, "The kernel sets this CPU runs, best first.");
+  m.def("threads", [] { return cpuk::Pool::get().threads(); }, "Threads the GEMV uses.");
+}

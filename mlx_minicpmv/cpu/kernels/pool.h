@@ -1,0 +1,69 @@
+// A small pool of worker threads for the GEMV: MLX runs an extension's CPU work on its one
+// stream thread, and a decode step's GEMVs (~190 a token, 0.1-20 ms each) need every core to
+// read the weights at memory speed. Workers spin briefly between calls, since the next GEMV
+// usually follows within microseconds, then sleep; the GEMM's sgemm uses OpenBLAS's own threads.
+
+#pragma once
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace cpuk {
+
+class Pool {
+ public:
+  static Pool& get();
+  int threads() const { return threads_; }
+
+  // f(begin, end) over [0, n) in up to threads() contiguous parts of at least `grain` items,
+  // the first on the calling thread; returns when all are done.
+  template <class F>
+  void parallel_for(long n, long grain, F&& f) {
+    const int t = static_cast<int>(std::min<long>(threads_, std::max<long>(1, n / std::max<long>(grain, 1))));
+    if (t <= 1) {
+      f(0L, n);
+      return;
+    }
+    Workers& w = workers();
+    {
+      std::lock_guard<std::mutex> lock(w.mutex);
+      w.job = [&f, n, t](int i) { f(n * i / t, n * (i + 1) / t); };
+      w.active.store(t, std::memory_order_relaxed);
+      w.pending.store(t - 1, std::memory_order_relaxed);
+      w.generation.fetch_add(1, std::memory_order_release);
+    }
+    w.wake.notify_all();
+    f(0L, n / t);
+    while (w.pending.load(std::memory_order_acquire) != 0) pause();
+  }
+
+ private:
+  struct Workers {
+    std::mutex mutex;
+    std::condition_variable wake;
+    std::function<void(int)> job;
+    std::atomic<int> active{0};
+    std::atomic<int> pending{0};
+    std::atomic<unsigned long> generation{0};
+    std::vector<std::thread> threads;
+  };
+
+  Pool();
+  Workers& workers();
+  void work(Workers* w, int index);
+  static void pause();
+
+  int threads_;
+  Workers* workers_ = nullptr;  // made on first use; a forked child makes its own (the parent's threads are gone)
+  pid_t owner_ = 0;
+  std::mutex start_;
+};
+
+}  // namespace cpuk

@@ -1,0 +1,54 @@
+"""The one predicate (``applies``) and the one place the CPU specialisations go in (``specialise``)."""
+
+import os
+from typing import Dict, Optional
+
+import mlx.core as mx
+
+ENV = "MLX_MINICPMV_CPU_KERNELS"
+_SWITCH = {"on": True, "1": True, "true": True, "yes": True, "off": False, "0": False, "false": False, "no": False}
+
+
+def applies(cpu_kernels: Optional[bool] = None) -> bool:
+    """Whether a model loaded now gets the CPU specialisations: where MLX computes on its CPU
+    backend, unless ``cpu_kernels`` is False or (when it is None) ``MLX_MINICPMV_CPU_KERNELS``
+    says off. Elsewhere (Metal, CUDA) the portable model runs as it is."""
+    if cpu_kernels is None:
+        value = os.environ.get(ENV, "on").strip().lower()
+        if value not in _SWITCH:
+            raise ValueError(f"{ENV}={value!r} is neither on nor off; set it to 'on' or 'off' (or unset it)")
+        cpu_kernels = _SWITCH[value]
+    return bool(cpu_kernels) and mx.default_device() == mx.cpu
+
+
+def compute_dtype():
+    """The dtype ``load`` widens a checkpoint to where the seam applies: float32.
+
+    MLX's CPU backend multiplies bf16 matrices ~34x and quantised ones ~700x slower than fp32
+    (measured on the CI machine: 7.5 and 0.35 against 257 GFLOP/s), so there a half-precision
+    or quantised checkpoint is widened once at load, at the memory cost of fp32 weights.
+    """
+    return mx.float32
+
+
+def keeps_stored(layer) -> bool:
+    """Whether a CPU kernel reads ``layer``'s weights as stored (quantised, bf16 or fp16), so
+    that ``load`` leaves them so when it widens the rest to float32 (``cpu/kernel_layers.py``)."""
+    from . import kernel_layers
+
+    return kernel_layers.reads_stored(layer)
+
+
+def specialise(model) -> Dict[str, int]:
+    """Put the CPU specialisations into a loaded ``model``: the registered CPU layers (see
+    ``registry.py``) and the CPU's choices for the whole model. Returns the swaps made."""
+    from . import gemv_layers, kernel_layers, language_layers, vision_layers  # noqa: F401  (they register their layers)
+    from .registry import swap_layers
+
+    counts = swap_layers(model)
+    # One vision slice per tower pass: its attention scores and MLP activations then stay in
+    # cache (a 1088-patch frame took 3.4 s alone against 4.3 s a frame in batches of 4).
+    model.patches_per_pass = 1
+    if not isinstance(model.language_model.embed_tokens, gemv_layers.GemvEmbedding):
+        gemv_layers.transpose_tied_head(model)
+    return counts

@@ -1,0 +1,188 @@
+"""The CPU kernels for quantised and bf16/fp16 weights (mlx_minicpmv/cpu/kernels): the same
+numbers as MLX's own quantised matmul (the Mac's) for every layout, instruction set and row
+count; load() keeps the weights as stored; logits within 1e-4 and the same greedy tokens."""
+
+import sys
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+from mlx_minicpmv import load
+from mlx_minicpmv.convert import convert
+from mlx_minicpmv.cpu import gemv, seam
+from mlx_minicpmv.cpu import kernels as cpu_kernels
+from mlx_minicpmv.cpu.kernel_layers import KERNEL_LAYERS
+from mlx_minicpmv.generate import stream_tokens
+from tests.media import noise_image
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="built for MLX's CPU backend on Linux only")
+
+
+@pytest.fixture(scope="module")
+def ext():
+    module = cpu_kernels.load()
+    assert module is not None, f"the CPU kernels did not build: {cpu_kernels._failed}"
+    return module
+
+
+def isas():
+    module = cpu_kernels.load()
+    return module.runnable_isas() if module is not None else ["scalar"]
+
+
+def close(got, want, rtol=1e-5):
+    """Equal to ``rtol`` of the largest |value| (sums of many products cancel, so a plain
+    element-wise relative test would judge the rounding of near-zero outputs)."""
+    got, want = np.array(got), np.array(want)
+    scale = np.abs(want).max()
+    assert got.shape == want.shape and np.abs(got - want).max() <= rtol * scale, np.abs(got - want).max() / scale
+
+
+@pytest.mark.parametrize("isa", isas())
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+@pytest.mark.parametrize("stored", [mx.bfloat16, mx.float16, mx.float32])
+@pytest.mark.parametrize("rows", [(1,), (3,), (2, 2), (17,)])  # GEMVs below 4 rows, the tiled GEMM from 4
+def test_quantized_matmul_equals_mlx(ext, isa, bits, group_size, stored, rows):
+    w = mx.random.normal((72, 256), key=mx.random.key(bits + group_size)).astype(stored)
+    q, s, b = mx.quantize(w, group_size=group_size, bits=bits)
+    x = mx.random.normal(rows + (256,), key=mx.random.key(7))
+    want = mx.quantized_matmul(x, q, s, b, transpose=True, group_size=group_size, bits=bits)
+    close(cpu_kernels.quantized_matmul(x, q, s, b, group_size, bits, isa=isa), want)
+
+
+@pytest.mark.parametrize("isa", isas())
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16])
+@pytest.mark.parametrize("rows", [1, 3, 9])
+def test_half_matmul_equals_widened_matmul(ext, isa, dtype, rows):
+    w = mx.random.normal((50, 100), key=mx.random.key(3)).astype(dtype)  # K = 100: a tail after the vectors
+    x = mx.random.normal((rows, 100), key=mx.random.key(4))
+    close(cpu_kernels.half_matmul(x, w, isa=isa), x @ w.astype(mx.float32).T)
+
+
+def test_fp16_subnormals_and_the_tiled_gemm_over_several_tiles(ext):
+    """Half weights below 2^-14 (subnormal in fp16) widen exactly on every path, and a GEMM
+    whose weights span several 4 MB tiles gets every tile."""
+    w = (mx.random.normal((2200, 512), key=mx.random.key(5)) * 1e-5).astype(mx.float16)
+    x = mx.random.normal((6, 512), key=mx.random.key(6))
+    for isa in isas():
+        close(cpu_kernels.half_matmul(x, w, isa=isa), x @ w.astype(mx.float32).T)
+        close(cpu_kernels.half_matmul(x[:1], w, isa=isa), x[:1] @ w.astype(mx.float32).T)
+
+
+def test_strided_inputs_and_compile(ext):
+    w = mx.random.normal((64, 128), key=mx.random.key(8)).astype(mx.bfloat16)
+    q, s, b = mx.quantize(w, group_size=64, bits=4)
+    x = mx.random.normal((1, 256), key=mx.random.key(9))[:, ::2]
+    want = mx.quantized_matmul(x, q, s, b, transpose=True, group_size=64, bits=4)
+    close(cpu_kernels.quantized_matmul(x, q, s, b, 64, 4), want)
+    step = mx.compile(lambda x: cpu_kernels.half_matmul(mx.tanh(x), w) + cpu_kernels.quantized_matmul(x, q, s, b, 64, 4))
+    close(step(x), mx.tanh(x) @ w.astype(mx.float32).T + want)
+
+
+def test_refuses_what_it_cannot_read(ext):
+    w = mx.zeros((8, 64), dtype=mx.bfloat16)
+    q, s, b = mx.quantize(w.astype(mx.float32), group_size=32, bits=4)
+    with pytest.raises(ValueError, match="x must be float32"):
+        cpu_kernels.half_matmul(mx.zeros((1, 64), dtype=mx.bfloat16), w)
+    with pytest.raises(ValueError, match="must match the weights' K"):
+        cpu_kernels.half_matmul(mx.zeros((1, 32)), w)
+    with pytest.raises(ValueError, match="group_size must be 32, 64 or 128"):
+        cpu_kernels.quantized_matmul(mx.zeros((1, 64)), q, s, b, 16, 4)
+    with pytest.raises(ValueError, match="do not run on this CPU"):
+        cpu_kernels.half_matmul(mx.zeros((1, 64)), w, isa="sse9")
+
+
+# -- the model -------------------------------------------------------------------------------
+
+VARIANTS = {
+    "8-bit": dict(dtype="bfloat16", quantize=True, q_bits=8, q_group_size=32),
+    "4-bit": dict(dtype="bfloat16", quantize=True, q_bits=4, q_group_size=64),
+    "bfloat16": dict(dtype="bfloat16"),
+    "float16": dict(dtype="float16"),
+}
+
+
+@pytest.fixture(scope="module")
+def converted(tiny, tmp_path_factory):
+    root = tmp_path_factory.mktemp("kernels")
+    return {name: convert(str(tiny.hf_path), str(root / name), **kwargs) for name, kwargs in VARIANTS.items()}
+
+
+def mac_path(path):
+    """The model as MLX runs it with the stored weights (MLX's quantised matmul, or the half
+    weights widened exactly), with float32 activations: the numbers the kernels must give."""
+    model, _ = load(path, compute_dtype=None, cpu_kernels=False)  # the portable model, as on Metal
+    model.set_dtype(mx.float32)  # bf16/fp16 -> fp32 is exact: scales, biases and half weights keep their values
+    return model
+
+
+def inputs_with_image(processor, tmp_path):
+    image = tmp_path / "noise.png"
+    noise_image(120, 90, seed=3).save(image)
+    return processor([{"role": "user", "content": [{"type": "image", "image": str(image)},
+                                                   {"type": "text", "text": "Describe the quick brown fox."}]}])
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_load_keeps_the_stored_weights_with_the_same_logits_and_tokens(ext, converted, variant, tmp_path):
+    model, processor = load(converted[variant])
+    kernel_layers = [m for _, m in model.named_modules() if isinstance(m, KERNEL_LAYERS)]
+    assert isinstance(model.language_model.embed_tokens, KERNEL_LAYERS)
+    assert isinstance(model.vision_tower.encoder.layers[0].mlp.fc1, KERNEL_LAYERS)
+    assert len(kernel_layers) > 4 * len(model.language_model.layers)
+    stored = {k: v.dtype for k, v in tree_flatten(model.parameters())}
+    assert stored["language_model.embed_tokens.weight"] == (mx.uint32 if "bit" in variant else getattr(mx, variant))
+    # Outside the kernel layers everything runs in fp32, as before.
+    assert not any(type(m) in (nn.QuantizedLinear, nn.QuantizedEmbedding) for _, m in model.named_modules())
+    assert model.language_model.layers[0].input_layernorm.weight.dtype == mx.float32
+
+    reference = mac_path(converted[variant])
+    inputs = inputs_with_image(processor, tmp_path)
+    extra = {k: v for k, v in inputs.model_inputs().items() if k not in ("input_ids", "pixel_values", "target_sizes")}
+    ours = model(inputs.input_ids, inputs.pixel_values, inputs.target_sizes, **extra)
+    want = reference(inputs.input_ids, inputs.pixel_values, inputs.target_sizes, **extra)
+    close(ours, want, rtol=1e-4)
+    greedy = [[s.token for s in stream_tokens(m, inputs, max_tokens=12, temperature=0.0)] for m in (model, reference)]
+    assert greedy[0] == greedy[1]
+
+
+def test_weights_stay_small(ext, converted):
+    """Resident weights: the stored bytes (plus fp32 for the small rest), not fp32 everywhere."""
+    def nbytes(model):
+        return sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+
+    widened = nbytes(mac_path(converted["bfloat16"]))  # every weight in fp32
+    for variant, most in (("bfloat16", 0.6), ("8-bit", 0.45), ("4-bit", 0.35)):
+        assert nbytes(load(converted[variant])[0]) < most * widened, variant
+
+
+def test_unavailable_kernels_widen_with_a_warning(tiny, converted, tmp_path, monkeypatch):
+    for module in (cpu_kernels, gemv):  # both restored afterwards
+        monkeypatch.setattr(module, "_module", None)
+        monkeypatch.setattr(module, "_failed", None)
+    monkeypatch.setenv("MLX_MINICPMV_CACHE", str(tmp_path))  # nothing built here yet
+    monkeypatch.setenv("PATH", str(tmp_path))  # and no compiler
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.warns(RuntimeWarning) as warned:  # ours, and the GEMV extension's for the fp32 layers
+        model, _ = load(converted["4-bit"])
+    ours = [w for w in warned if "widened to fp32 on this CPU" in str(w.message)]
+    assert len(ours) == 1 and "no C++ compiler was found" in str(ours[0].message)
+    assert not any(isinstance(m, KERNEL_LAYERS) for _, m in model.named_modules())
+    assert {v.dtype for _, v in tree_flatten(model.parameters())} == {mx.float32}
+    assert not seam.keeps_stored(model.language_model.layers[0].mlp.gate_proj)
+
+
+def test_a_kernel_set_that_disagrees_is_refused(ext, monkeypatch):
+    class Wrong:
+        def __getattr__(self, name):
+            return getattr(ext, name)
+
+        def half_matmul(self, x, w, isa=""):
+            return ext.half_matmul(x, w, isa) * 1.001
+
+    with pytest.raises(RuntimeError, match="disagree with MLX"):
+        cpu_kernels._self_test(Wrong())
