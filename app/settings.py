@@ -18,6 +18,9 @@ class Settings:
     fps: float = 1.0
     system_prompt: str = ""
     appearance: str = "system"  # "system", "light" or "dark"
+    serve: bool = False  # the OpenAI-compatible server on the loaded model (app/local_server.py)
+    serve_port: int = 8080
+    serve_key: str = ""  # required as "Authorization: Bearer KEY" when set
 
     def generation_options(self) -> dict:
         return dict(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,

@@ -3,7 +3,7 @@
 from dataclasses import replace
 
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout,
-                               QPlainTextEdit, QSpinBox)
+                               QLineEdit, QPlainTextEdit, QSpinBox)
 
 from .settings import Settings
 
@@ -31,6 +31,18 @@ class SettingsDialog(QDialog):
         self.appearance = QComboBox()
         self.appearance.addItems(["Follow the system", "Light", "Dark"])
         self.appearance.setCurrentIndex(APPEARANCES.index(settings.appearance) if settings.appearance in APPEARANCES else 0)
+        self.serve = QCheckBox("Serve on localhost (OpenAI-compatible API)")
+        self.serve.setChecked(settings.serve)
+        self.serve.setToolTip("Other programs on this computer can use the loaded model at "
+                              "http://127.0.0.1:PORT/v1 (chat completions with images and video)")
+        self.port = QSpinBox(minimum=1024, maximum=65535, value=settings.serve_port)
+        self.key = QLineEdit(settings.serve_key)
+        self.key.setEchoMode(QLineEdit.PasswordEchoOnEdit)
+        self.key.setPlaceholderText("Optional: clients then send it as a Bearer token")
+        self.serve.toggled.connect(self.port.setEnabled)
+        self.serve.toggled.connect(self.key.setEnabled)
+        self.port.setEnabled(settings.serve)
+        self.key.setEnabled(settings.serve)
         form = QFormLayout(self)
         form.setContentsMargins(20, 20, 20, 16)
         form.setSpacing(10)
@@ -44,11 +56,15 @@ class SettingsDialog(QDialog):
         form.addRow("Video frames per second", self.fps)
         form.addRow("System prompt", self.system)
         form.addRow("Appearance", self.appearance)
+        form.addRow("Local server", self.serve)
+        form.addRow("Port", self.port)
+        form.addRow("API key", self.key)
         for label, widget in (("Max tokens", self.max_tokens), ("Temperature", self.temperature), ("Top-p", self.top_p),
                               ("Thinking", self.thinking), ("Image detail", self.detail),
                               ("Max slices per image", self.slices), ("Video frames (at most)", self.frames),
                               ("Video frames per second", self.fps), ("System prompt", self.system),
-                              ("Appearance", self.appearance)):
+                              ("Appearance", self.appearance), ("Serve on localhost", self.serve),
+                              ("Server port", self.port), ("Server API key", self.key)):
             widget.setAccessibleName(label)
         self.buttons = buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
         buttons.accepted.connect(self.accept)
@@ -61,4 +77,5 @@ class SettingsDialog(QDialog):
                        downsample_mode="4x" if self.detail.currentIndex() == 1 else "16x",
                        max_slice_nums=self.slices.value(), max_frames=self.frames.value(), fps=self.fps.value(),
                        system_prompt=self.system.toPlainText().strip(),
-                       appearance=APPEARANCES[self.appearance.currentIndex()])
+                       appearance=APPEARANCES[self.appearance.currentIndex()], serve=self.serve.isChecked(),
+                       serve_port=self.port.value(), serve_key=self.key.text().strip())

@@ -10,7 +10,8 @@ from typing import Optional
 
 from PySide6.QtCore import QSettings, QStandardPaths, Qt, QThread, Signal
 from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
-from PySide6.QtWidgets import QFileDialog, QInputDialog, QMainWindow, QSplitter, QStackedWidget, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (QFileDialog, QInputDialog, QLabel, QMainWindow, QSplitter, QStackedWidget, QVBoxLayout,
+                               QWidget)
 
 from .chat_view import ChatView
 from .composer import FILE_FILTER, Composer
@@ -18,6 +19,7 @@ from .drop_area import DropArea
 from .header import Header
 from .history import Attachment, Conversation, DamagedFile, History, Message
 from .image_view import ImageDialog
+from .local_server import LocalServer
 from .markdown import readable, split_thinking
 from .model_finder import find_models
 from .model_picker import ModelPicker
@@ -110,6 +112,16 @@ class MainWindow(QMainWindow):
         self.thread.finished.connect(self.worker.deleteLater)
         self.connect_worker()
         self.connect_widgets()
+        self.local_server = LocalServer(self.worker, self)
+        self.serving = QLabel()
+        self.serving.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.serving.setProperty("muted", True)
+        self.serving.hide()
+        self.statusBar().addPermanentWidget(self.serving)
+        self.local_server.started.connect(self.on_serving)
+        self.local_server.stopped.connect(self.serving.hide)
+        self.local_server.failed.connect(self.show_error)
+        self.configure_server()
         self.theme.changed.connect(self.restyle)
         self.theme.apply()
 
@@ -233,6 +245,15 @@ class MainWindow(QMainWindow):
 
     def on_exported(self, path: str):
         self.statusBar().showMessage(f"Exported {path}", 5000)
+
+    def configure_server(self):
+        s = self.settings
+        self.local_server.configure(s.serve, s.serve_port, s.serve_key)
+
+    def on_serving(self, address: str):
+        self.serving.setText(f"Serving {address}" + (" · key required" if self.settings.serve_key else ""))
+        self.serving.setAccessibleName(f"Local server at {address}")
+        self.serving.show()
 
     def on_loaded(self, info: dict):
         self.model_info = dict(info)
@@ -472,6 +493,7 @@ class MainWindow(QMainWindow):
         self.settings = self.settings_dialog.result_settings()
         save_settings(self.store, self.settings)
         self.theme.set_appearance(self.settings.appearance)
+        self.configure_server()
 
     def focus_search(self):
         self.sidebar.show()
@@ -518,6 +540,7 @@ class MainWindow(QMainWindow):
         # The running job stops at its next token or prefill chunk; wait for it, so the thread
         # is never destroyed while it still runs.
         self.worker.cancel()
+        self.local_server.shutdown()
         self.thread.quit()
         self.thread.wait()
         super().closeEvent(event)

@@ -1,5 +1,6 @@
-"""Render the real window into assets/ for the README: the empty state, a chat with an image whose
-answer has boxes and a video, light and dark, and a video summary's timeline.
+"""Render the real window into assets/ for the README: the empty state (serving on localhost), the
+settings, a chat with an image whose answer has boxes and a video, light and dark, and a video
+summary's timeline.
 
     xvfb-run -s "-screen 0 1400x1000x24" python scripts/screenshot.py
 
@@ -130,7 +131,14 @@ def main():
         c.add(Message("user", title))
         window.history.save(c)
     window.refresh_chats()
+    window.settings.serve, window.settings.serve_port = True, 8080
+    window.on_serving("http://127.0.0.1:8080/v1")  # staged: Settings → "Serve on localhost" (app/local_server.py)
     shoot(window, app, "app-empty.png")
+    window.open_settings()
+    settle(app)
+    window.settings_dialog.grab().save(str(ASSETS / "app-settings.png"))
+    print(f"saved {ASSETS / 'app-settings.png'}")
+    window.settings_dialog.reject()
 
     window.conversation = chat(photo, video)
     window.history.save(window.conversation)

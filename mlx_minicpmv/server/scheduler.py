@@ -20,7 +20,7 @@ import queue
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import mlx.core as mx
 
@@ -100,8 +100,9 @@ class Stats:
 class Scheduler:
     def __init__(self, model, processor, *, max_concurrency: int = 8, max_queue: int = 32,
                  store: Optional[ConversationStore] = None, default_max_tokens: int = 1024,
-                 prefill_step: int = 512):
+                 prefill_step: int = 512, notify: Optional[Callable[[], None]] = None):
         self.max_concurrency, self.max_queue = max_concurrency, max_queue
+        self.notify = notify  # called (on the submitter's thread) when work arrives: an owner that pumps on demand
         self.ctx = ModelContext(model, processor, store or ConversationStore(), default_max_tokens, prefill_step)
         self.batch = DecodeBatch(model)
         self._waiting: deque = deque()
@@ -110,6 +111,7 @@ class Scheduler:
         self._wake = threading.Event()
         self._uid = 0
         self._stop = threading.Event()
+        self._closed = False
         self._thread: Optional[threading.Thread] = None
         self.served = self.tokens = self.peak_batch = 0
 
@@ -117,11 +119,15 @@ class Scheduler:
     def submit(self, job: Job, handle: Optional[Handle] = None) -> Handle:
         handle = handle or Handle()
         with self._lock:
+            if self._closed:
+                raise APIError(503, "the server is shutting down", code="shutting_down")
             if len(self._waiting) >= self.max_queue:
                 raise Busy(f"{self.active} requests are running and {len(self._waiting)} waiting (--max-queue)")
             self._uid += 1
             self._waiting.append(Sequence(job, handle, self._uid))
         self._wake.set()
+        if self.notify is not None:
+            self.notify()
         return handle
 
     @property
@@ -144,22 +150,25 @@ class Scheduler:
         if not self.busy:
             self._wake.wait(timeout)
             self._wake.clear()
-        self._admit()
-        self._prefill_one()
-        self._decode_one()
+        try:
+            self._admit()
+            self._prefill_one()
+            self._decode_one()
+        except Exception as e:  # a bug must fail the requests in flight, not stop the server
+            log.exception("scheduler step failed")
+            self._fail_all(as_api_error(e))
         return self.busy
 
     def serve_forever(self) -> None:
         while not self._stop.is_set():
-            try:
-                self.pump(timeout=0.1)
-            except Exception as e:  # a bug must fail the requests in flight, not stop the server
-                log.exception("scheduler step failed")
-                self._fail_all(as_api_error(e))
+            self.pump(timeout=0.1)
         self.close()
 
     def close(self) -> None:
-        """Fail whatever is still queued or running (the owner's thread, at shutdown)."""
+        """Fail whatever is still queued or running, and refuse what comes later (the owner's
+        thread, at shutdown)."""
+        with self._lock:
+            self._closed = True
         self._fail_all(APIError(503, "the server is shutting down", code="shutting_down"))
 
     def start(self) -> threading.Thread:
