@@ -13,6 +13,8 @@ COMMANDS = {
     "convert": ("mlx_minicpmv.convert", "convert a Hugging Face checkpoint to MLX"),
     "summarize": ("mlx_minicpmv.summarize", "summarise a video into timed chapters"),
     "serve": ("mlx_minicpmv.server.command", "an OpenAI-compatible local server for images and video"),
+    "lora": ("mlx_minicpmv.tuner.lora", "fine-tune on images, video and text (LoRA, DoRA or full)"),
+    "fuse": ("mlx_minicpmv.tuner.fuse", "merge fine-tuned adapters into a model"),
 }
 
 

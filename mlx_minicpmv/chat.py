@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     def run() -> int:
         from .loading import load
 
-        model, processor = load(args.model)
+        model, processor = load(args.model, adapter_path=args.adapter_path)
         run_chat(model, processor, options_from_args(args), system=args.system)
         return 0
 

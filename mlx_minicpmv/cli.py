@@ -25,6 +25,8 @@ def read_prompt(text: str) -> str:
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="A converted model directory or a Hugging Face repo id.")
+    parser.add_argument("--adapter-path", default=None,
+                        help="A folder of fine-tuned adapters (adapters.safetensors, adapter_config.json) to apply.")
     parser.add_argument("--verbose", action="store_true", help="Show tracebacks on errors.")
 
 

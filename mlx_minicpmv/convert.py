@@ -57,29 +57,10 @@ def check_replaceable(target: Path, source: Path) -> None:
                               "them, so move them or choose another --mlx-path")
 
 
-def convert(hf_path: str, mlx_path: str = "mlx_model", dtype: str = None, quantize: bool = False,
-            q_bits: int = 4, q_group_size: int = 64, force: bool = False) -> Path:
-    target = Path(mlx_path).expanduser().resolve()
-    if target.exists() and not force:
-        raise FileExistsError(f"{target} already exists; pass --force to replace it, or choose another --mlx-path")
-    source = resolve(hf_path)
-    if target.exists():
-        check_replaceable(target, source.resolve())
-    config, model, weights = read_checkpoint(source)
-    dtype = dtype or stored_dtype(config)
-    weights = {
-        k: v.astype(DTYPES[dtype]) if Model.cast_predicate(k) and mx.issubdtype(v.dtype, mx.floating) else v
-        for k, v in weights.items()
-    }
-    model.load_weights(list(weights.items()))
-    del weights
-    config = dict(config, dtype=dtype)
-    config.pop("torch_dtype", None)
-    if quantize:
-        from mlx_lm.utils import quantize_model
-
-        model, config = quantize_model(model, config, q_group_size, q_bits, quant_predicate=Model.quant_predicate)
-
+def write_model(target: Path, model, config: dict, source: Path) -> None:
+    """``model``'s weights, ``config`` and ``source``'s metadata files (tokenizer, templates,
+    processor and generation configs) into ``target``, through a hidden temporary directory
+    renamed at the end (an existing ``target`` is replaced only then)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
@@ -105,6 +86,32 @@ def convert(hf_path: str, mlx_path: str = "mlx_model", dtype: str = None, quanti
             raise OSError(28, f"no space left on the device while writing {target}; free some space "
                               "(the full model needs about 2.6 GB in bf16, 0.8 GB at 4 bits) and convert again") from None
         raise
+
+
+def convert(hf_path: str, mlx_path: str = "mlx_model", dtype: str = None, quantize: bool = False,
+            q_bits: int = 4, q_group_size: int = 64, force: bool = False) -> Path:
+    target = Path(mlx_path).expanduser().resolve()
+    if target.exists() and not force:
+        raise FileExistsError(f"{target} already exists; pass --force to replace it, or choose another --mlx-path")
+    source = resolve(hf_path)
+    if target.exists():
+        check_replaceable(target, source.resolve())
+    config, model, weights = read_checkpoint(source)
+    dtype = dtype or stored_dtype(config)
+    weights = {
+        k: v.astype(DTYPES[dtype]) if Model.cast_predicate(k) and mx.issubdtype(v.dtype, mx.floating) else v
+        for k, v in weights.items()
+    }
+    model.load_weights(list(weights.items()))
+    del weights
+    config = dict(config, dtype=dtype)
+    config.pop("torch_dtype", None)
+    if quantize:
+        from mlx_lm.utils import quantize_model
+
+        model, config = quantize_model(model, config, q_group_size, q_bits, quant_predicate=Model.quant_predicate)
+
+    write_model(target, model, config, source)
     return target
 
 

@@ -296,7 +296,7 @@ def main(argv=None) -> int:
 
         prompt = read_prompt(args.prompt)
         messages = system_message(args.system) + [user_message(prompt, args.image, args.video)]
-        model, processor = load(args.model)
+        model, processor = load(args.model, adapter_path=args.adapter_path)
         text, last = [], None
         for last in stream_generate(model, processor, messages, **options_from_args(args)):
             text.append(last.text)

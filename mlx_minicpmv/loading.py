@@ -221,7 +221,7 @@ def widen(model: Model, dtype, keep=None) -> None:
         model.update_modules(tree_unflatten(swaps))
 
 
-def load_model(path, lazy: bool = False, compute_dtype="auto", cpu_kernels=None) -> Model:
+def load_model(path, lazy: bool = False, compute_dtype="auto", cpu_kernels=None, adapter_path=None) -> Model:
     """A model from a local directory holding an HF checkpoint (converted in memory, lazily,
     at its own precision), ours, or mlx-vlm's conversion (mlx-community's) as it is.
 
@@ -229,9 +229,15 @@ def load_model(path, lazy: bool = False, compute_dtype="auto", cpu_kernels=None)
     or an MLX floating dtype that every layer is widened to (see ``widen``).
     ``cpu_kernels``: whether the CPU specialisations go in where MLX runs on the CPU (None: as
     ``MLX_MINICPMV_CPU_KERNELS`` says, on by default; False: the portable path, as on Metal).
+    ``adapter_path``: a folder of fine-tuned adapters (``tuner/adapters.py``), put in before the
+    precision and the CPU layers are chosen, so that they are widened and specialised with the rest.
     """
     _, model, weights = read_checkpoint(Path(path))
     model.load_weights(list(weights.items()), strict=True)
+    if adapter_path is not None:
+        from .tuner import adapters
+
+        adapters.load(model, adapter_path)
     if compute_dtype == "auto":
         compute_dtype = default_compute_dtype(cpu_kernels)
     if compute_dtype is not None:
@@ -246,16 +252,17 @@ def load_model(path, lazy: bool = False, compute_dtype="auto", cpu_kernels=None)
     return model
 
 
-def load(path_or_repo, lazy: bool = False, compute_dtype="auto", cpu_kernels=None):
+def load(path_or_repo, lazy: bool = False, compute_dtype="auto", cpu_kernels=None, adapter_path=None):
     """``(model, processor)`` from a converted directory, an HF checkpoint directory or a repo id.
 
     On MLX's CPU backend the CPU specialisations go in (``mlx_minicpmv/cpu``) and the weights
     run in float32 whatever their stored precision (``compute_dtype="auto"``);
     ``compute_dtype=None`` keeps the stored precision, and ``cpu_kernels=False`` (or
     ``MLX_MINICPMV_CPU_KERNELS=off``) runs the portable model, the one Metal runs, on the CPU.
+    ``adapter_path`` applies the adapters a ``python -m mlx_minicpmv lora`` run wrote there.
     """
     from .processing.processor import Processor
 
     path = resolve(path_or_repo)
-    model = load_model(path, lazy=lazy, compute_dtype=compute_dtype, cpu_kernels=cpu_kernels)
+    model = load_model(path, lazy=lazy, compute_dtype=compute_dtype, cpu_kernels=cpu_kernels, adapter_path=adapter_path)
     return model, Processor.from_pretrained(path)

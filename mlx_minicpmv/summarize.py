@@ -44,6 +44,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Summarise a video into chapters with times.")
     parser.add_argument("video")
     parser.add_argument("--model", required=True, help="A converted model directory or a Hugging Face repo id.")
+    parser.add_argument("--adapter-path", default=None, help="A folder of fine-tuned adapters to apply.")
     parser.add_argument("--out", default=None, help="Output file (default: print to stdout).")
     parser.add_argument("--format", choices=sorted(FORMATS), default=None,
                         help="md, srt, vtt or json (default: from --out's suffix, else md).")
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
         if fmt not in FORMATS:
             raise ValueError(f"--out {args.out}: unknown format {fmt!r}; end the name with .md, .srt, .vtt or "
                              ".json, or pass --format")
-        model, processor = load(args.model)
+        model, processor = load(args.model, adapter_path=args.adapter_path)
         summary = None
         for event in summarize(model, processor, args.video, segment_seconds=args.segment_seconds,
                                frames_per_segment=args.max_frames, scene_detection=not args.no_scenes):

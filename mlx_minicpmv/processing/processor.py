@@ -186,17 +186,38 @@ class Processor:
         ``prefix`` and the ``first_*_id``s continue an earlier conversation: the rendered
         ``messages`` follow ``prefix`` and number their images after the earlier ones.
         """
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        text = prefix + prompt.render(self.tokenizer, self.plain.protect(messages), enable_thinking,
+                                      add_generation_prompt, tools)
+        out, expanded, (image_tokens, video_tokens) = self.expand_media(
+            text, messages, max_slice_nums=max_slice_nums, downsample_mode=downsample_mode,
+            use_image_id=use_image_id, first_image_id=first_image_id, first_video_id=first_video_id,
+            **video_options)
+        ids = self.plain.encode(expanded)
+        out.input_ids = mx.array([ids], dtype=mx.int32)
+        out.text = self.plain.restore(expanded)
+        out.image_spans = _spans(ids, self.tokenizer.convert_tokens_to_ids(self.tokens.image), image_tokens)
+        out.video_spans = _spans(ids, self.tokenizer.convert_tokens_to_ids(self.tokens.video), video_tokens)
+        return out
+
+    def expand_media(self, text: str, messages, *, max_slice_nums=None, downsample_mode=None, use_image_id=None,
+                     first_image_id: int = 0, first_video_id: int = 0, **video_options):
+        """The images and videos of ``messages`` read and sliced, and ``text`` (the prompt
+        rendered from them) with each pad expanded to its placeholder text.
+
+        Returns the output without ``input_ids``, the expanded text (encode it with
+        ``self.plain.encode``) and the placeholder tokens of each image and each video. The
+        fine-tuning data (``tuner/data.py``) encodes the pieces of the text around each answer
+        apart; ``__call__`` encodes it whole.
+        """
         unknown = set(video_options) - set(VIDEO_DEFAULTS)
         if unknown:
             raise TypeError(f"unknown processor options: {', '.join(sorted(unknown))}")
         max_slice_nums = check("max_slice_nums", max_slice_nums)
         v = {**VIDEO_DEFAULTS, **{k: check(k, x) for k, x in video_options.items() if x is not None}}
-        if isinstance(messages, str):
-            messages = [{"role": "user", "content": messages}]
         mode = downsample_mode or self.image_config["downsample_mode"]
         merge_side(mode)  # a ValueError naming the modes
-        text = prefix + prompt.render(self.tokenizer, self.plain.protect(messages), enable_thinking,
-                                      add_generation_prompt, tools)
         items = media_items(messages)
         images = [load_image(src) for kind, src in items if kind == "image"]
         sources = [src for kind, src in items if kind == "video"]
@@ -210,7 +231,7 @@ class Processor:
         expanded = text
         if images:
             packed = self.pack_images(images, max_slice_nums=max_slice_nums, downsample_mode=mode,
-                                         use_image_id=use_image_id, first_id=first_image_id)
+                                      use_image_id=use_image_id, first_id=first_image_id)
             expanded = prompt.expand(expanded, self.tokens.image, packed.replacements)
             out.pixel_values, out.target_sizes = mx.array(packed.pixel_values), mx.array(packed.target_sizes)
             image_tokens = packed.tokens
@@ -237,13 +258,8 @@ class Processor:
         else:
             prompt.expand(expanded, self.tokens.video, [])
             video_tokens = []
-        ids = self.plain.encode(expanded)
-        out.input_ids = mx.array([ids], dtype=mx.int32)
         out.images, out.videos = len(images), len(sources)
-        out.text = self.plain.restore(expanded)
-        out.image_spans = _spans(ids, self.tokenizer.convert_tokens_to_ids(self.tokens.image), image_tokens)
-        out.video_spans = _spans(ids, self.tokenizer.convert_tokens_to_ids(self.tokens.video), video_tokens)
-        return out
+        return out, expanded, (image_tokens, video_tokens)
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode(list(ids))

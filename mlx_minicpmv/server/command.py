@@ -112,7 +112,7 @@ def main(argv=None) -> int:
         if not is_loopback(args.host) and not args.api_key:
             log.warning("serving on %s without an API key: anyone who can reach this address can use the model "
                         "(and the files under --media-dir); set --api-key", args.host)
-        model, processor = load(args.model)
+        model, processor = load(args.model, adapter_path=args.adapter_path)
         scheduler, resolver, config = server_parts(args, model, processor)
         scheduler.start()
         app = create_app(scheduler, resolver, config)
