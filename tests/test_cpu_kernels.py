@@ -63,6 +63,34 @@ def test_half_matmul_equals_widened_matmul(ext, isa, dtype, rows):
     close(cpu_kernels.half_matmul(x, w, isa=isa), x @ w.astype(mx.float32).T)
 
 
+@pytest.mark.parametrize("isa", isas())
+@pytest.mark.parametrize("rows", [(1,), (2,), (5,), (8,), (2, 3), (11,)])  # one pass of up to 8 rows, then two
+def test_rows_matmul_equals_mlx(ext, isa, rows):
+    w = mx.random.normal((70, 100), key=mx.random.key(12))  # K = 100: a tail after the vectors
+    x = mx.random.normal(rows + (100,), key=mx.random.key(13))
+    close(cpu_kernels.rows_matmul(x, w, isa=isa), x @ w.T)
+    strided = mx.random.normal((3, 200), key=mx.random.key(14))[:, ::2]
+    close(cpu_kernels.rows_matmul(strided, w, isa=isa), strided @ w.T)
+
+
+def test_a_batch_decode_step_reads_the_weights_through_the_rows_kernel(ext, monkeypatch):
+    """GemvLinear and the tied head: one row through the GEMV, 2-8 through rows_matmul, more
+    through MLX's GEMM; the same numbers on each path."""
+    from mlx_minicpmv.cpu.gemv_layers import GemvEmbedding, GemvLinear
+
+    if gemv.load() is None:
+        pytest.skip("the GEMV extension is not built here")  # test_gemv.py says why
+    layer, head = GemvLinear(100, 70), GemvEmbedding(70, 100)
+    called = []
+    real = cpu_kernels.rows_matmul
+    monkeypatch.setattr(cpu_kernels, "rows_matmul", lambda x, w: called.append(x.shape) or real(x, w))
+    for n in (1, 4, 8, 9):
+        x = mx.random.normal((n, 1, 100), key=mx.random.key(n))
+        close(layer(x), x @ layer.weight.T + layer.bias)
+        close(head.as_linear(x), x @ head.weight.T)
+    assert called == [(4, 1, 100), (4, 1, 100), (8, 1, 100), (8, 1, 100)]
+
+
 def test_fp16_subnormals_and_the_tiled_gemm_over_several_tiles(ext):
     """Half weights below 2^-14 (subnormal in fp16) widen exactly on every path, and a GEMM
     whose weights span several 4 MB tiles gets every tile."""
@@ -94,6 +122,8 @@ def test_refuses_what_it_cannot_read(ext):
         cpu_kernels.quantized_matmul(mx.zeros((1, 64)), q, s, b, 16, 4)
     with pytest.raises(ValueError, match="do not run on this CPU"):
         cpu_kernels.half_matmul(mx.zeros((1, 64)), w, isa="sse9")
+    with pytest.raises(ValueError, match=r"w must be \(N, K\) float32"):
+        cpu_kernels.rows_matmul(mx.zeros((2, 64)), w)
 
 
 # -- the model -------------------------------------------------------------------------------

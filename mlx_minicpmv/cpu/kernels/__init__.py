@@ -24,6 +24,7 @@ SOURCES = ("CMakeLists.txt", "matmul.cpp", "pool.h", "pool.cpp", "dispatch.cpp",
            "kernels_impl.h", "kernels_scalar.cpp", "kernels_avx2.cpp", "kernels_avx512.cpp")
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)
+MAX_ROWS = 8  # rows_matmul's rows at once (kMaxRows in kernels.h); more run as passes of 8
 
 _module = None
 _failed = None  # why the kernels are unavailable, once load() found out
@@ -76,6 +77,12 @@ def half_matmul(x, w, isa: str = None):
     return _module.half_matmul(x, w, _isa if isa is None else isa)
 
 
+def rows_matmul(x, w, isa: str = None):
+    """``x @ w.T`` for fp32 w (N, K) and a few rows of x (a batch's decode step), each weight
+    read once for all rows, where MLX's GEMM would pack the weights first; needs ``load()``."""
+    return _module.rows_matmul(x, w, _isa if isa is None else isa)
+
+
 def _self_test(module) -> None:
     """Refuse kernels that disagree with MLX (a miscompiled instruction set, a nanobind ABI that
     no longer matches): every path once, GEMV (1 row) and GEMM (5 rows), against MLX in fp32."""
@@ -93,6 +100,9 @@ def _self_test(module) -> None:
         for dtype in (mx.bfloat16, mx.float16):
             half = w.astype(dtype)
             checks.append((module.half_matmul(x, half, _isa), x @ half.astype(mx.float32).T, str(dtype)))
+        for n in (rows, rows + 8):  # the rows of one pass, and more than one pass (8 at most each)
+            xf = mx.random.normal((n, 128), key=mx.random.key(n))
+            checks.append((module.rows_matmul(xf, w, _isa), xf @ w.T, f"float32, {n} rows"))
         for got, want, what in checks:
             if not mx.allclose(got, want, rtol=1e-4, atol=1e-4).item():
                 raise RuntimeError(f"the {isa_name(module)} kernels disagree with MLX ({what}, {rows} rows)")

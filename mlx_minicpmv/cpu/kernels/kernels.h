@@ -40,7 +40,12 @@ struct Isa {
   void (*hgemv)(const uint16_t* w, Float dtype, int K, const float* x, int n0, int n1, float* y);
   // rows [n0, n1) of w widened into tile (n1 - n0, K).
   void (*hwiden)(const uint16_t* w, Float dtype, int K, int n0, int n1, float* tile);
+  // y[m·ldy + n - n0] = x[m] · w[n] for fp32 weights w (N, K), the M (1..kMaxRows) rows of x
+  // (M, K) together, so that each weight is read once for all of them (a batch's decode step).
+  void (*fgemv)(const float* w, int K, const float* x, int M, int n0, int n1, float* y, long ldy);
 };
+
+constexpr int kMaxRows = 8;  // the most rows of x fgemv takes at once
 
 const Isa& scalar_isa();
 const Isa& avx2_isa();

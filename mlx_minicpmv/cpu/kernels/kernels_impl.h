@@ -112,6 +112,43 @@ void hwiden_t(const uint16_t* w, int K, int n0, int n1, float* tile) {
   }
 }
 
+// Each weight vector is loaded once and multiplied into the M accumulators: the x rows
+// (M·K floats, 32 KB at M = 8, K = 1024) stay in L1/L2 while the weights stream from memory.
+template <class V, int M>
+void fgemv_t(const float* w, int K, const float* x, int n0, int n1, float* y, long ldy) {
+  using T = typename V::T;
+  constexpr int L = V::L;
+  const int body = K / L * L;
+  for (int n = n0; n < n1; ++n) {
+    const float* row = w + static_cast<long>(n) * K;
+    T acc[M];
+    for (int m = 0; m < M; ++m) acc[m] = V::zero();
+    for (int k = 0; k < body; k += L) {
+      const T wk = V::load(row + k);
+      for (int m = 0; m < M; ++m) acc[m] = V::fma(wk, V::load(x + static_cast<long>(m) * K + k), acc[m]);
+    }
+    for (int m = 0; m < M; ++m) {
+      float sum = V::hsum(acc[m]);
+      for (int k = body; k < K; ++k) sum += row[k] * x[static_cast<long>(m) * K + k];
+      y[m * ldy + n - n0] = sum;
+    }
+  }
+}
+
+template <class V>
+void fgemv_rows(const float* w, int K, const float* x, int M, int n0, int n1, float* y, long ldy) {
+  switch (M) {
+    case 1: return fgemv_t<V, 1>(w, K, x, n0, n1, y, ldy);
+    case 2: return fgemv_t<V, 2>(w, K, x, n0, n1, y, ldy);
+    case 3: return fgemv_t<V, 3>(w, K, x, n0, n1, y, ldy);
+    case 4: return fgemv_t<V, 4>(w, K, x, n0, n1, y, ldy);
+    case 5: return fgemv_t<V, 5>(w, K, x, n0, n1, y, ldy);
+    case 6: return fgemv_t<V, 6>(w, K, x, n0, n1, y, ldy);
+    case 7: return fgemv_t<V, 7>(w, K, x, n0, n1, y, ldy);
+    default: return fgemv_t<V, 8>(w, K, x, n0, n1, y, ldy);
+  }
+}
+
 template <class V, int BITS>
 void qgemv_bits(const Quantized& q, const float* xp, const float* xsum, int n0, int n1, float* y) {
   switch (q.group) {
@@ -148,5 +185,6 @@ Isa make_isa(const char* name) {
       [](const uint16_t* w, Float dtype, int K, int n0, int n1, float* tile) {
         dtype == Float::bf16 ? hwiden_t<V, true>(w, K, n0, n1, tile) : hwiden_t<V, false>(w, K, n0, n1, tile);
       },
+      fgemv_rows<V>,
   };
 }

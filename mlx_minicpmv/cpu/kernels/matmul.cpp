@@ -133,12 +133,30 @@ void run_half(const Isa& isa, const std::vector<mx::array>& in, const float* x, 
   gemv_rows(x, M, K, N, y, [&](const float* xm, int n0, int n1, float* ym) { isa.hgemv(w, dtype, K, xm, n0, n1, ym); });
 }
 
-// One primitive for both: bits 4 or 8 with four inputs (quantised), 16 with two (half).
+// y = x @ W.T for fp32 W (inputs x, w) and a few rows of x: the rows together over the pool,
+// each weight read once. MLX's own matmul is a GEMM that packs the weights first, which for
+// 2-8 rows costs about what it does for 500 (a batch's decode step paid it in every layer).
+void run_float(const Isa& isa, const std::vector<mx::array>& in, const float* x, int M, int K, int N, float* y) {
+  const float* w = in[1].data<float>();
+  for (int m0 = 0; m0 < M; m0 += cpuk::kMaxRows) {
+    const int rows = std::min(cpuk::kMaxRows, M - m0);
+    const float* xm = x + static_cast<long>(m0) * K;
+    float* ym = y + static_cast<long>(m0) * N;
+    cpuk::Pool::get().parallel_for(N, 16, [&](long b, long e) {
+      isa.fgemv(w, K, xm, rows, static_cast<int>(b), static_cast<int>(e), ym + b, N);
+    });
+  }
+}
+
+// One primitive for all: bits 4 or 8 with four inputs (quantised), 16 with two (half), 32 with
+// two (fp32, few rows).
 class CpuMatmul : public mx::UnaryPrimitive {
  public:
   CpuMatmul(mx::Stream s, const Isa* isa, int group, int bits) : mx::UnaryPrimitive(s), isa_(isa), group_(group), bits_(bits) {}
 
-  const char* name() const override { return bits_ == 16 ? "CpuHalfMatmul" : "CpuQuantizedMatmul"; }
+  const char* name() const override {
+    return bits_ == 32 ? "CpuRowsMatmul" : bits_ == 16 ? "CpuHalfMatmul" : "CpuQuantizedMatmul";
+  }
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
     throw std::runtime_error("[cpu_kernels] CPU only: on a GPU MLX's own quantised and half matmuls run.");
   }
@@ -167,7 +185,9 @@ class CpuMatmul : public mx::UnaryPrimitive {
                       out = mx::array::unsafe_weak_copy(out)]() mutable {
       const int K = held[0].shape(-1), N = out.shape(-1);
       const int M = static_cast<int>(held[0].size() / K);
-      if (bits == 16) {
+      if (bits == 32) {
+        run_float(*isa, held, held[0].data<float>(), M, K, N, out.data<float>());
+      } else if (bits == 16) {
         run_half(*isa, held, held[0].data<float>(), M, K, N, out.data<float>());
       } else {
         run_quantized(*isa, group, bits, held, held[0].data<float>(), M, K, N, out.data<float>());
@@ -224,6 +244,14 @@ mx::array half_matmul(const mx::array& x, const mx::array& w, const std::string&
   return mx::array(out_shape(x, w), mx::float32, std::make_shared<CpuMatmul>(s, isa_or_best(isa), 0, 16), std::move(inputs));
 }
 
+mx::array rows_matmul(const mx::array& x, const mx::array& w, const std::string& isa) {
+  if (w.dtype() != mx::float32 || w.ndim() != 2) throw std::invalid_argument("[cpu_kernels] w must be (N, K) float32");
+  check_x(x, w.shape(1));
+  auto s = mx::to_stream(mx::Device::cpu);
+  std::vector<mx::array> inputs = {mx::contiguous(x, false, s), mx::contiguous(w, false, s)};
+  return mx::array(out_shape(x, w), mx::float32, std::make_shared<CpuMatmul>(s, isa_or_best(isa), 0, 32), std::move(inputs));
+}
+
 std::vector<std::string> runnable_isas() {
   std::vector<std::string> names;
   for (const char* name : {"avx512", "avx2", "scalar"}) {
@@ -240,6 +268,8 @@ NB_MODULE(_cpu_kernels, m) {
         "x @ dequantize(w, scales, biases).T for MLX's affine quantisation, x float32, on the CPU stream.");
   m.def("half_matmul", &half_matmul, nb::arg("x"), nb::arg("w"), nb::arg("isa") = "",
         "x @ w.T for bfloat16 or float16 w, x and the result float32, on the CPU stream.");
+  m.def("rows_matmul", &rows_matmul, nb::arg("x"), nb::arg("w"), nb::arg("isa") = "",
+        "x @ w.T for float32 w (N, K) and a few rows of x, each weight read once for all rows, on the CPU stream.");
   m.def("runnable_isas", &runnable_isas, "The kernel sets this CPU runs, best first.");
   m.def("threads", [] { return cpuk::Pool::get().threads(); }, "Threads the GEMV uses.");
 }
