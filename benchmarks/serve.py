@@ -1,6 +1,13 @@
-"""The OpenAI-compatible server under load, ours against mlx-vlm's, on the full-size random checkpoint.
+"""The OpenAI-compatible server under load, ours (and optionally mlx-vlm's) on a random checkpoint.
 
-    flock /work/.bench.lock python benchmarks/serve.py [--impls ours mlx-vlm] [--streams 1 2 4 8]
+    flock /work/.bench.lock python benchmarks/serve.py                       # small model, ~5 min
+    flock /work/.bench.lock python benchmarks/serve.py --size full --impls ours mlx-vlm
+
+``--size small`` (the default) builds a random checkpoint with the real model's layer shapes
+(hidden 1024, MLP 3584, 16 DeltaNet heads of 128, gated attention 8 x 256) but 8 text layers, a
+32k vocabulary and a small vision tower: 0.2 B parameters, 0.8 GB in fp32, so a decode step
+reads the weights from memory as the full model's does, at a third of the bytes. ``--size full``
+is the real config (benchmarks/full_checkpoint.py, 1.3 B).
 
 For each implementation a real server process (ours: ``python -m mlx_minicpmv.server``;
 mlx-vlm 0.7.10: ``python -m mlx_vlm.server`` in its own environment, the same MLX and BLAS, as
@@ -9,15 +16,21 @@ compare.py sets it up) on 127.0.0.1, driven over HTTP:
 - aggregate decode tokens/s with 1, 2, 4 and 8 concurrent streams: every stream asks for the
   same number of tokens after a short prompt; the figure counts the tokens all streams received
   while all of them were decoding (from the last stream's first token to the first stream's last
-  token), so prefill is left out;
+  token), so prefill is left out; with it the median time to first token of those streams;
 - time to first token of a question about a 60 s 720p video, and of a follow-up question in
   that chat (the client resends the history, as chat clients do), each as a one-token answer.
 
-Figures are printed as measured (``ROW {json}``) and as a table at the end. Never in the tests.
+The random model's head keeps only rows of tokens that the stand-in tokenizer spells as ASCII
+text (``spellable``): every other row is zero, so every decoded token arrives as a chunk of text
+to count and none ends an answer early. The matrices keep their shapes, so the work is the same.
+
+Figures are printed as measured (``ROW {json}``), with the machine's load (``uptime``) before
+and after, and as a table at the end. Never in the tests.
 """
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -38,6 +51,50 @@ from measure import FOLLOW_UP, QUESTION, report  # noqa: E402
 
 PROMPT = "Write a long story about a fox and a dog."
 
+# The small checkpoint: the real model's layer shapes, fewer layers, a smaller vocabulary.
+SMALL = dict(
+    vision=dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=6),
+    text=dict(vocab_size=32768, hidden_size=1024, intermediate_size=3584,
+              layer_types=(["linear_attention"] * 3 + ["full_attention"]) * 2, num_attention_heads=8,
+              num_key_value_heads=2, head_dim=256, linear_num_key_heads=16, linear_num_value_heads=16,
+              linear_key_head_dim=128, linear_value_head_dim=128, max_position_embeddings=32768),
+)
+
+
+def build_small(out: Path) -> Path:
+    hf = out / "hf-random-small"
+    if not (hf / "model.safetensors").exists():
+        from tests.checkpoints import build_checkpoint
+
+        build_checkpoint(hf, **SMALL)
+        spellable(hf)
+    return hf
+
+
+def spellable(hf: Path) -> None:
+    """Zero the tied head's rows of every token the tokenizer does not spell as printable ASCII
+    (ids past its stand-in vocabulary, partial UTF-8 bytes, the special tokens): the random model
+    then answers in text that streams one chunk a token and never stops by itself."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(hf)
+    keep = [i for i in range(len(tok)) if i not in tok.all_special_ids and tok.decode([i]).isascii()
+            and tok.decode([i]).strip() and tok.convert_ids_to_tokens(i) not in tok.get_added_vocab()]
+    weights = load_file(hf / "model.safetensors")
+    for name, w in weights.items():
+        if name.endswith(("embed_tokens.weight", "lm_head.weight")):
+            kept = w[keep].clone()
+            w.zero_()
+            w[keep] = kept
+    save_file(weights, hf / ".model.safetensors.tmp", metadata={"format": "pt"})
+    os.replace(hf / ".model.safetensors.tmp", hf / "model.safetensors")
+    print(f"spellable: {len(keep)} of {len(tok)} token rows kept in the head", flush=True)
+
+
+def machine_load() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -48,9 +105,8 @@ def free_port() -> int:
 class Server:
     """A server process on a free loopback port, stopped on exit."""
 
-    def __init__(self, cmd, model_name: str, log: Path, eos, start_timeout_s: float = 900):
+    def __init__(self, cmd, model_name: str, log: Path, start_timeout_s: float = 900):
         self.port = free_port()
-        self.never_stop = {str(t): -100 for t in eos}  # the random model's answers run to max_tokens
         self.url = f"http://127.0.0.1:{self.port}"
         self.model = model_name
         self.log = open(log, "w")
@@ -79,8 +135,7 @@ class Server:
     def stream_times(self, messages, max_tokens: int) -> list:
         """Arrival time of each streamed chunk that carries generated text."""
         times = []
-        body = dict(model=self.model, messages=messages, temperature=0.0, max_tokens=max_tokens, stream=True,
-                    logit_bias=self.never_stop)
+        body = dict(model=self.model, messages=messages, temperature=0.0, max_tokens=max_tokens, stream=True)
         with httpx.stream("POST", self.url + "/v1/chat/completions", json=body, timeout=3600) as r:
             r.raise_for_status()
             for line in r.iter_lines():
@@ -103,11 +158,12 @@ class Server:
 
 def aggregate_decode(server: Server, streams: int, tokens: int) -> dict:
     """Tokens/s over all streams while all of them decode."""
-    results = [None] * streams
+    results, sent = [None] * streams, [0.0] * streams
     barrier = threading.Barrier(streams)
 
     def one(i):
         barrier.wait()
+        sent[i] = time.perf_counter()
         results[i] = server.stream_times([{"role": "user", "content": f"{PROMPT} ({i})"}], tokens)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
@@ -118,8 +174,9 @@ def aggregate_decode(server: Server, streams: int, tokens: int) -> dict:
     start, end = max(r[0] for r in results), min(r[-1] for r in results)
     inside = sum(sum(1 for t in r if start < t <= end) for r in results)
     per_stream = statistics.median((len(r) - 1) / (r[-1] - r[0]) for r in results)
+    ttft = statistics.median(r[0] - s for r, s in zip(results, sent))
     return dict(value=inside / (end - start) if end > start else float("nan"), window_s=end - start,
-                per_stream_tps=per_stream, chunks=[len(r) for r in results])
+                per_stream_tps=per_stream, ttft_s=ttft, chunks=[len(r) for r in results])
 
 
 def first_token_s(server: Server, messages, timeout_s: float):
@@ -148,14 +205,14 @@ def video_turns(server: Server, video: str, timeout_s: float) -> dict:
                 followup_usage=second.get("usage"))
 
 
-def run_impl(name: str, cmd, model_name: str, video: str, args, out: Path, eos) -> dict:
+def run_impl(name: str, cmd, model_name: str, video: str, args, out: Path) -> dict:
     figures = {}
-    server = Server(cmd, model_name, out / f"serve-{name}.log", eos)
+    server = Server(cmd, model_name, out / f"serve-{name}.log")
     try:
         for n in args.streams:
             aggregate_decode(server, n, 8)  # warm-up: a batch of this size runs once before it is timed
             row = aggregate_decode(server, n, args.decode_tokens)
-            figures[f"decode{n}"] = row["value"]
+            figures[f"decode{n}"], figures[f"ttft{n}"] = row["value"], row["ttft_s"]
             report(f"{name}/decode x{n}", **row)
         if not args.skip_video:
             row = video_turns(server, video, args.video_timeout_s)
@@ -179,11 +236,14 @@ def table(results: dict, streams) -> str:
 
     for n in streams:
         row(f"decode, {n} concurrent stream(s) (tokens/s)", f"decode{n}", "{:.2f}")
-    for i in impls:
-        r = results[i]
-        if r.get("decode1") and r.get("decode4"):
-            r["scale4"] = r["decode4"] / r["decode1"]
-    row("aggregate at 4 streams / 1 stream", "scale4", "{:.2f}")
+    for n in streams[1:]:
+        for i in impls:
+            r = results[i]
+            if r.get("decode1") and r.get(f"decode{n}"):
+                r[f"scale{n}"] = r[f"decode{n}"] / r["decode1"]
+        row(f"aggregate at {n} streams / 1 stream", f"scale{n}", "{:.2f}")
+    for n in streams:
+        row(f"first token, {n} stream(s), median (s)", f"ttft{n}", "{:.2f}")
     row("first token, 60 s video question (s)", "video_first", "{:.1f}")
     row("first token, follow-up question (s)", "video_followup", "{:.2f}")
     for i in impls:
@@ -196,8 +256,9 @@ def table(results: dict, streams) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(OUT))
-    parser.add_argument("--impls", nargs="*", default=["ours", "mlx-vlm"])
+    parser.add_argument("--out", default=None, help="default: benchmarks/out/serve-SIZE")
+    parser.add_argument("--size", choices=["small", "full"], default="small")
+    parser.add_argument("--impls", nargs="*", default=["ours"])
     parser.add_argument("--streams", nargs="*", type=int, default=[1, 2, 4, 8])
     parser.add_argument("--decode-tokens", type=int, default=48)
     parser.add_argument("--variant", default="float32")
@@ -205,9 +266,17 @@ def main():
     parser.add_argument("--video-timeout-s", type=float, default=600,
                         help="give up on a video question after this long (reported as such)")
     args = parser.parse_args()
-    out = Path(args.out)
+    out = Path(args.out or OUT / f"serve-{args.size}")
     out.mkdir(parents=True, exist_ok=True)
-    hf = build(out)
+    if args.size == "small":
+        hf = build_small(out)
+    else:  # compare.py's full-size checkpoint stays as it is: a spellable copy here
+        hf = out / "hf-random-real-config"
+        if not (hf / "model.safetensors").exists():
+            import shutil
+
+            shutil.copytree(build(OUT), hf, dirs_exist_ok=True)
+            spellable(hf)
     convert_all(out, hf, [args.variant], args.impls)
     media = out / "media"
     if not args.skip_video:
@@ -215,19 +284,20 @@ def main():
     media.mkdir(exist_ok=True)
     video = media / "v720.mp4"
 
-    eos = json.loads((hf / "generation_config.json").read_text())["eos_token_id"]
+    print("load before:", machine_load(), flush=True)
     results = {}
     if "ours" in args.impls:
         model = out / f"mlx-{args.variant}"
         cmd = [sys.executable, "-m", "mlx_minicpmv.server", "--model", model, "--media-dir", media,
                "--max-concurrency", str(max(args.streams)), "--temp", "0"]
-        results["ours"] = run_impl("ours", cmd, model.name, "v720.mp4", args, out, eos)
+        results["ours"] = run_impl("ours", cmd, model.name, "v720.mp4", args, out)
     if "mlx-vlm" in args.impls:
         model = out / f"vlm-{args.variant}"
         # mlx-vlm's server loads the model a request names; it listens on 0.0.0.0 unless told.
         cmd = [vlm_python(out), "-c", VLM_SERVER, "--model", model, "--host", "127.0.0.1",
                "--max-num-seqs", str(max(args.streams))]
-        results["mlx-vlm"] = run_impl("mlx-vlm", cmd, str(model), str(video), args, out, eos)
+        results["mlx-vlm"] = run_impl("mlx-vlm", cmd, str(model), str(video), args, out)
+    print("load after:", machine_load(), flush=True)
     print()
     print(table(results, args.streams))
 
