@@ -252,8 +252,8 @@ def test_rotary_equals_reference_on_canvas_positions(head_dim, sections):
     inv_freq = reference.inv_freq.numpy()
     if len(inv_freq) < 16:  # torch's scalar float32 pow, as ours
         assert np.array_equal(np.array(rope._inv_freq), inv_freq)
-    else:  # its vectorised pow may be an ulp off: compare the rest with the same frequencies
-        np.testing.assert_array_max_ulp(np.array(rope._inv_freq), inv_freq, maxulp=1)
+    else:  # its vectorised pow may be an ulp or two off (2 on AVX-512): compare the rest with its frequencies
+        np.testing.assert_array_max_ulp(np.array(rope._inv_freq), inv_freq, maxulp=2)
         rope._inv_freq = mx.array(inv_freq)
     cos, sin = reference(torch.from_numpy(x), torch.from_numpy(positions)[:, None])
     expected, _ = apply_rotary_pos_emb(torch.from_numpy(x), torch.from_numpy(x), cos, sin)

@@ -100,7 +100,7 @@ class CanvasRoPE(nn.Module):
         self._periods = mx.array((base**exponents).astype(np.float32))  # for mx.fast.rope, as 4.6's RoPE
         # The reference's float32 inv_freq, 1 / base ** (arange / dims): its scalar float32 pow
         # is correctly rounded, as numpy's is (torch's vectorised pow, from 16 frequencies on,
-        # is off by an ulp here and there).
+        # is off by an ulp or two here and there, by the machine's vector unit).
         f32 = np.float32
         self._inv_freq = mx.array(f32(1) / np.power(f32(base), np.arange(0, dims, 2, dtype=f32) / f32(dims)))
         self._axis = axis_of_frequency(dims // 2, sections)
