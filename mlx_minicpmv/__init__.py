@@ -1,4 +1,4 @@
-"""MiniCPM-V 4.6 on MLX: ``load``, ``generate``, ``stream_generate``, the processor and the errors.
+"""MiniCPM-V 4.6 and 4.7 on MLX: ``load``, ``generate``, ``stream_generate``, the processor and the errors.
 
 The public names are imported on first use, so that importing a small pure part of the
 library (``mlx_minicpmv.errors``, ``mlx_minicpmv.files``) loads no MLX.

@@ -75,7 +75,7 @@ def run_chat(model, processor, options: dict, read=input, write=print, system=No
 
 def main(argv=None) -> int:
     """``python -m mlx_minicpmv chat``; see ``--help``."""
-    parser = argparse.ArgumentParser(description="Chat with MiniCPM-V 4.6 about images and videos.")
+    parser = argparse.ArgumentParser(description="Chat with MiniCPM-V 4.6 or 4.7 about images and videos.")
     add_sampling_args(parser)
     add_media_args(parser)
     args = parser.parse_args(argv)

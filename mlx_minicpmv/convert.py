@@ -116,7 +116,7 @@ def convert(hf_path: str, mlx_path: str = "mlx_model", dtype: str = None, quanti
 
 
 def configure_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Convert MiniCPM-V 4.6 from Hugging Face to MLX.")
+    parser = argparse.ArgumentParser(description="Convert MiniCPM-V 4.6 or 4.7 from Hugging Face to MLX.")
     parser.add_argument("--hf-path", "--model", required=True,
                         help="A local Hugging Face checkpoint directory or a repo id (openbmb/MiniCPM-V-4.6).")
     parser.add_argument("--mlx-path", default="mlx_model", help="Directory to write the MLX model to.")

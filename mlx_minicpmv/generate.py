@@ -272,7 +272,7 @@ def generate(model, processor, messages, **kwargs) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from .cli import add_media_args, add_sampling_args
 
-    parser = argparse.ArgumentParser(description="Ask MiniCPM-V 4.6 about images and videos.")
+    parser = argparse.ArgumentParser(description="Ask MiniCPM-V 4.6 or 4.7 about images and videos.")
     add_sampling_args(parser)
     add_media_args(parser)
     parser.add_argument("--image", action="append", default=[], help="An image file (repeatable).")

@@ -53,7 +53,7 @@ def resolve(path_or_repo, allow_patterns=ALLOW_PATTERNS, tqdm_class=None) -> Pat
 def load_config(path: Path) -> dict:
     file = path / "config.json"
     if not file.exists():
-        raise CheckpointError(f"{path}: no config.json; is this a MiniCPM-V 4.6 model directory?")
+        raise CheckpointError(f"{path}: no config.json; is this a MiniCPM-V 4.6 or 4.7 model directory?")
     try:
         return json.loads(file.read_text())
     except json.JSONDecodeError as e:

@@ -418,3 +418,35 @@ def test_a_summary_follow_up_places_its_frames_as_fresh_ones(canvas_tiny, tmp_pa
                                                            for f in result.seen], info)]
     assert answer == [r.token for r in stream_generate_frames(model, processor, frames, "What colour is the car?")]
 
+
+
+def test_the_command_lines_take_a_4_7_checkpoint(request, torch_threads, media, capsys):
+    """``generate`` and ``chat`` on a 4.7 checkpoint answer what the library answers (whose
+    conversations the tests above hold to the reference)."""
+    import json
+
+    from mlx_minicpmv import PromptCache, generate, stream_generate
+    from mlx_minicpmv.chat import run_chat
+    from mlx_minicpmv.cli import user_message
+    from mlx_minicpmv.generate import main as generate_main
+    from tests.conftest import tiny_model
+
+    t = tiny_model(request, "canvas")
+    model, processor = t.load()
+    image, video = str(media["wide"]), str(media["video"])
+    code = generate_main(["--model", str(t.mlx_path), "--image", image, "--video", video, "--prompt", "Compare.",
+                          "--max-tokens", "8", "--temp", "0", "--json"])
+    assert code == 0
+    expected = generate(model, processor, [user_message("Compare.", [image], [video])], max_tokens=8, temperature=0.0)
+    assert json.loads(capsys.readouterr().out)["text"] == expected
+
+    out = []
+    lines = iter([f"/image {image}", "Describe it.", "And the colours?", "/quit"])
+    run_chat(model, processor, dict(max_tokens=6, temperature=0.0), read=lambda _: next(lines),
+             write=lambda *a, end="\n", **k: out.append("".join(map(str, a)) + end))
+    cache = PromptCache.new(model)
+    answers = ["".join(r.text for r in stream_generate(model, processor, [message], prompt_cache=cache,
+                                                       max_tokens=6, temperature=0.0))
+               for message in (user_message("Describe it.", [image]), user_message("And the colours?"))]
+    log = "".join(out)
+    assert all(answers) and f"]\n{answers[0]}\n[" in log and f"GB]\n{answers[1]}\n[" in log

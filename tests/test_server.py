@@ -444,3 +444,54 @@ def test_mm_processor_kwargs_reach_the_processor(tiny, files, client):
             messages=user({"type": "image_url", "image_url": {"url": png_url(picture)}},
                           {"type": "video_url", "video_url": {"url": "clip.mp4"}}, text("Hi")))
         assert r.usage.prompt_tokens == expected, kwargs
+
+
+# -- MiniCPM-V 4.7: canvas positions through stored conversations and the decode batch ---------------
+@pytest.fixture(scope="module")
+def canvas(request, torch_threads, files):
+    """The 16x tiny 4.7 checkpoint behind a server whose scheduler starts when a test says so."""
+    from tests.conftest import tiny_model
+
+    t = tiny_model(request, "canvas")
+    model, processor = t.load()
+    with running_server(model, processor, t.mlx_path, "--media-dir", str(files / "media"), pump=False) as (url, s):
+        yield t, OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120), s
+
+
+def test_a_4_7_model_serves_what_generate_answers(canvas, files):
+    """Images, a follow-up from the stored state (its positions laid out anew from the whole
+    conversation), and three requests decoded in one batch (each row its own text positions):
+    the answers ``generate`` gives each conversation from nothing."""
+    t, client, scheduler = canvas
+    model, processor = t.load()
+    picture = files / "media" / "picture.png"
+    wide = noise_image(700, 300, seed=12)
+    asked = {
+        "image": (user({"type": "image_url", "image_url": {"url": "picture.png"}}, text("What is it?")),
+                  user({"type": "image", "image": str(picture)}, text("What is it?"))),
+        "sliced image": (user({"type": "image_url", "image_url": {"url": png_url(wide)}}, text("And this?")),
+                         user({"type": "image", "image": wide}, text("And this?"))),
+        "text": (user(text("The quick brown fox?")), user(text("The quick brown fox?"))),
+    }
+    expected = {k: answer(model, processor, library) for k, (_, library) in asked.items()}
+    assert len(set(expected.values())) == 3, "the three answers differ, so a swapped row would show"
+    results, threads = {}, []
+    for k, (request, _) in asked.items():
+        ask = lambda k=k, request=request: results.__setitem__(k, client.chat.completions.create(
+            model=MODEL, messages=request, max_tokens=MAX_TOKENS))
+        threads.append(threading.Thread(target=ask))
+        threads[-1].start()
+    while scheduler.stats().waiting < 3:  # queued before the scheduler runs: they decode together
+        time.sleep(0.02)
+    scheduler.start()
+    for thread in threads:
+        thread.join(300)
+    assert {k: r.choices[0].message.content for k, r in results.items()} == expected
+    assert scheduler.peak_batch >= 2
+
+    first, library = asked["sliced image"]
+    follow = [{"role": "assistant", "content": expected["sliced image"]}, {"role": "user", "content": "Then?"}]
+    r = client.chat.completions.create(model=MODEL, messages=first + follow, max_tokens=MAX_TOKENS)
+    image_end = processor(library).image_spans[-1][1]
+    assert r.usage.prompt_tokens_details.cached_tokens >= image_end, "continued from the stored state"
+    assert r.choices[0].message.content == answer(model, processor, library + follow)

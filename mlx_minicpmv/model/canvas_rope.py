@@ -8,7 +8,9 @@ has t = h = w, so there it is 4.6's 1-D RoPE.
 The positions are conversation state, like the KV cache's offset, so they live beside it: a
 4.7 conversation's attention caches are ``CanvasKVCache``s sharing one ``CanvasPositions``,
 whose ``offset`` also tells the rope where its tokens sit. mlx-lm's attention forward
-(``self.rope(queries, offset=cache.offset)``) then runs unchanged on both models.
+(``self.rope(queries, offset=cache.offset)``) then runs unchanged on both models. In the
+server's decode batch (``CanvasBatchKVCache``) every token is text, so each row's offset is
+simply its own text position: its length plus its conversation's ``delta``.
 """
 
 from typing import Optional
@@ -16,7 +18,7 @@ from typing import Optional
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx_lm.models.cache import KVCache
+from mlx_lm.models.cache import BatchKVCache, KVCache
 
 
 class CanvasPositions:
@@ -54,6 +56,11 @@ class CanvasPositions:
         self._last = ((index, n), out)
         return out
 
+    def copy(self) -> "CanvasPositions":
+        out = CanvasPositions()
+        out.start, out.table, out.delta = self.start, self.table, self.delta
+        return out
+
 
 class Offset(int):
     """A KV cache offset (an int, as mlx-lm's caches and masks use it) that also carries the
@@ -79,6 +86,33 @@ class CanvasKVCache(KVCache):
     @offset.setter
     def offset(self, value) -> None:
         self._offset = int(value)
+
+    @classmethod
+    def merge(cls, caches) -> "CanvasBatchKVCache":
+        return CanvasBatchKVCache.merge(caches)
+
+
+class CanvasBatchKVCache(BatchKVCache):
+    """mlx-lm's batch KV cache of 4.7 sequences that have been prefilled: what they decode is
+    text, so each row's ``offset`` (which only the rope reads; masks come from the index and
+    the padding) is its text position, its length plus its conversation's ``delta``."""
+
+    @classmethod
+    def merge(cls, caches) -> "CanvasBatchKVCache":
+        if any(c.empty() for c in caches):
+            raise ValueError("a 4.7 sequence joins a decode batch after its prompt, not before")
+        batch = super().merge(caches)
+        batch.offset = batch.offset + mx.array([c.positions.delta for c in caches])
+        return batch
+
+    def extract(self, idx: int) -> CanvasKVCache:
+        """Row ``idx`` back as a single sequence's cache, its positions continuing as text."""
+        plain = super().extract(idx)
+        positions = CanvasPositions()
+        positions.delta = int(self.offset[idx].item()) - plain.offset
+        out = CanvasKVCache(positions)
+        out.keys, out.values, out.offset = plain.keys, plain.values, plain.offset
+        return out
 
 
 def axis_of_frequency(half: int, sections) -> np.ndarray:
@@ -107,6 +141,8 @@ class CanvasRoPE(nn.Module):
 
     def __call__(self, x: mx.array, offset=0) -> mx.array:
         L = x.shape[-2]
+        if isinstance(offset, mx.array):  # a decode batch: each row's text position
+            return self.rope_1d(x, offset)
         positions: Optional[CanvasPositions] = getattr(offset, "positions", None)
         if positions is None:
             return self.rope_1d(x, int(offset))
@@ -120,5 +156,5 @@ class CanvasRoPE(nn.Module):
         x1, x2, rest = x[..., :half], x[..., half : self.dims], x[..., self.dims :]
         return mx.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], axis=-1)
 
-    def rope_1d(self, x: mx.array, offset: int) -> mx.array:
+    def rope_1d(self, x: mx.array, offset) -> mx.array:
         return mx.fast.rope(x, self.dims, traditional=False, base=None, scale=1.0, offset=offset, freqs=self._periods)

@@ -28,14 +28,20 @@ import mlx.core as mx
 import numpy as np
 from mlx_lm.models.cache import ArraysCache, KVCache
 
+from ..model.canvas_rope import CanvasKVCache
+
 
 def copy_cache(cache: list) -> list:
     """A copy that shares no array object with ``cache``: ``KVCache`` writes new keys into its
     buffer in place, which must never reach a stored state (or a stored state's user)."""
-    out = []
+    out, positions = [], None
     for c in cache:
         if isinstance(c, KVCache):
-            n = KVCache()
+            if isinstance(c, CanvasKVCache):  # 4.7: the copy's layers share one copy of the positions
+                positions = positions or c.positions.copy()
+                n = CanvasKVCache(positions)
+            else:
+                n = KVCache()
             if c.keys is not None:
                 n.keys = mx.contiguous(c.keys[..., : c.offset, :])
                 n.values = mx.contiguous(c.values[..., : c.offset, :])

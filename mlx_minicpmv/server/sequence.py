@@ -196,6 +196,9 @@ class Sequence:
                                           ctx.video_pad, inputs.video_spans, self.cached, mode),
         )[0]
         mx.eval(self.embeds)  # the vision tower runs once, here
+        # 4.7: the whole conversation laid out on its canvas, placed from the stored state on.
+        model.begin_prompt(self.cache, ids[None], inputs.target_sizes, inputs.target_sizes_videos, mode,
+                           fed=self.cached)
 
         # Chunk ends: every prefill_step tokens, and at each save point.
         end = len(self.ids) - 1
