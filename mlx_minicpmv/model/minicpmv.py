@@ -27,6 +27,16 @@ from .vision import VisionTower, check_grid
 # hundred MB whatever the frame count.
 MAX_PATCHES_PER_PASS = 16384
 
+# Norm weights the reference stores zero-centred (it computes ``x * (1 + w)``): ``sanitize``
+# adds the 1 once, so the model multiplies by the weight as mlx-lm's RMSNorm does.
+ZERO_CENTRED = (
+    ".input_layernorm.weight",
+    ".post_attention_layernorm.weight",
+    "language_model.norm.weight",
+    ".q_norm.weight",
+    ".k_norm.weight",
+)
+
 
 class Model(nn.Module):
     def __init__(self, config: ModelConfig):
@@ -167,13 +177,6 @@ class Model(nn.Module):
         """HF state dict -> this module tree. Pure and idempotent: only ``model.``-prefixed
         (HF) keys and ``lm_head`` are rewritten, so a converted checkpoint passes through
         unchanged."""
-        zero_centred = (
-            ".input_layernorm.weight",
-            ".post_attention_layernorm.weight",
-            "language_model.norm.weight",
-            ".q_norm.weight",
-            ".k_norm.weight",
-        )
         out = {}
         for key, value in weights.items():
             if key.startswith(("mtp.", "model.mtp.")) or ".mtp." in key:
@@ -190,7 +193,7 @@ class Model(nn.Module):
                 value = value.transpose(0, 2, 3, 1)  # (O, C, kh, kw) -> MLX (O, kh, kw, C)
             elif key.endswith("conv1d.weight"):
                 value = value.transpose(0, 2, 1)  # (C, 1, K) -> MLX (C, K, 1)
-            elif key.endswith(zero_centred):
+            elif key.endswith(ZERO_CENTRED):
                 value = (value.astype(mx.float32) + 1.0).astype(value.dtype)
             out[key] = value
         return out
