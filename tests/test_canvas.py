@@ -450,3 +450,27 @@ def test_the_command_lines_take_a_4_7_checkpoint(request, torch_threads, media, 
                for message in (user_message("Describe it.", [image]), user_message("And the colours?"))]
     log = "".join(out)
     assert all(answers) and f"]\n{answers[0]}\n[" in log and f"GB]\n{answers[1]}\n[" in log
+
+
+def test_a_batch_of_prompts_is_each_prompt_on_its_own_canvas(request, torch_threads, media):
+    """The tuner's batches: rows of images, a video and text, right-padded, their media one row
+    after another. Each row's logits are those of the row alone (held to the reference above)."""
+    import mlx.core as mx
+
+    from tests.conftest import tiny_model
+    from tests.test_model import CASES, our_logits
+
+    t = tiny_model(request, "canvas")
+    model, processor = t.load(cpu_kernels=False)  # the tuner's path
+    rows = [processor(CASES[case](media)) for case in ("two images", "text", "video", "unsliced image")]
+    pad = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    ids = np.full((len(rows), max(r.num_tokens for r in rows)), pad)
+    for b, r in enumerate(rows):
+        ids[b, : r.num_tokens] = np.array(r.input_ids)[0]
+    media_of = lambda key, axis: np.concatenate([np.array(getattr(r, key)) for r in rows
+                                                 if getattr(r, key) is not None], axis=axis)
+    batch = np.array(model(mx.array(ids), mx.array(media_of("pixel_values", -1)), media_of("target_sizes", 0),
+                           pixel_values_videos=mx.array(media_of("pixel_values_videos", -1)),
+                           target_sizes_videos=media_of("target_sizes_videos", 0)))
+    for b, r in enumerate(rows):
+        np.testing.assert_allclose(batch[b, : r.num_tokens], our_logits(model, r)[0], atol=1e-4, rtol=0)

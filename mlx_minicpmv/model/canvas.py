@@ -200,6 +200,26 @@ def canvas_positions(ids, image_sizes, video_sizes, markers: Markers, downsample
     return pos
 
 
+def batch_positions(ids, image_sizes, video_sizes, markers: Markers, downsample_mode: str = "16x") -> np.ndarray:
+    """(B, 3, L) positions of a batch of prompts (training, scoring), each row from 0 on a
+    canvas of its own. The grids are the rows' one after another, as the rows' media are
+    concatenated; each maximal run of pads is one crop, which says how many grids are a row's."""
+    grids = {IMAGE: _rows(image_sizes), VIDEO: _rows(video_sizes)}
+    out = []
+    for row in np.asarray(ids, dtype=np.int64):
+        types = modalities(row, markers)
+        starts = types != np.concatenate([[TEXT], types[:-1]])
+        mine = {}
+        for m in (IMAGE, VIDEO):
+            crops = int(np.sum(starts & (types == m)))
+            mine[m], grids[m] = grids[m][:crops], grids[m][crops:]
+        out.append(canvas_positions(row, mine[IMAGE], mine[VIDEO], markers, downsample_mode))
+    if grids[IMAGE] or grids[VIDEO]:
+        raise ValueError(f"{len(grids[IMAGE])} image and {len(grids[VIDEO])} video grids are left over after the "
+                         "batch's crops; build each row and its pixels with the same processor call")
+    return np.stack(out)
+
+
 def _rows(sizes) -> List[Tuple[int, int]]:
     if sizes is None:
         return []

@@ -32,27 +32,30 @@ class CanvasPositions:
         self._last = None
 
     def place(self, index: int, positions: np.ndarray) -> None:
-        """The next ``positions.shape[1]`` tokens, from conversation index ``index`` on, sit at
-        ``positions`` (3, n) (from ``canvas.canvas_positions``, started at ``next_position``)."""
+        """The next ``n`` tokens, from conversation index ``index`` on, sit at ``positions``:
+        (3, n) from ``canvas.canvas_positions``, started at ``next_position``, or (B, 3, n) from
+        ``canvas.batch_positions`` for a batch of prompts (each row then has its own delta)."""
         self.start, self.table, self._last = index, np.asarray(positions, np.int64), None
-        if self.table.shape[1]:
-            self.delta = int(self.table.max()) + 1 - (index + self.table.shape[1])
+        n = self.table.shape[-1]
+        if n:
+            delta = self.table.max(axis=(-2, -1)) + 1 - (index + n)
+            self.delta = int(delta) if delta.ndim == 0 else delta
 
     def next_position(self, index: int) -> int:
         """Where conversation token ``index`` sits if it is text after everything placed."""
         return index + self.delta
 
     def lookup(self, index: int, n: int) -> np.ndarray:
-        """(3, n) positions of conversation tokens [index, index + n)."""
+        """(3, n) positions of conversation tokens [index, index + n) ((B, 3, n) for a batch)."""
         if self._last is not None and self._last[0] == (index, n):
             return self._last[1]
         if index < self.start:
             raise ValueError(f"token {index} comes before the prompt placed at {self.start}; "
                              "a conversation's positions only move forward")
         i = np.arange(index, index + n)
-        out = np.repeat((i + self.delta)[None], 3, axis=0)
-        inside = i < self.start + self.table.shape[1]
-        out[:, inside] = self.table[:, i[inside] - self.start]
+        out = np.repeat((i + np.asarray(self.delta)[..., None])[..., None, :], 3, axis=-2)
+        inside = i < self.start + self.table.shape[-1]
+        out[..., inside] = self.table[..., i[inside] - self.start]
         self._last = ((index, n), out)
         return out
 
@@ -147,10 +150,13 @@ class CanvasRoPE(nn.Module):
         if positions is None:
             return self.rope_1d(x, int(offset))
         pos = positions.lookup(int(offset), L)
-        if (pos == pos[0]).all() and (pos[0] == pos[0, 0] + np.arange(L)).all():
+        if pos.ndim == 2 and (pos == pos[0]).all() and (pos[0] == pos[0, 0] + np.arange(L)).all():
             return self.rope_1d(x, int(pos[0, 0]))  # text (every decoded token): one kernel
-        # Each frequency's position, then its angle in float32 as the reference computes it.
-        angles = mx.array(pos[self._axis].T.astype(np.float32)) * self._inv_freq
+        # Each frequency's position, then its angle in float32 as the reference computes it:
+        # (L, half), or (B, 1, L, half) for a batch of prompts.
+        angles = mx.array(np.swapaxes(pos[..., self._axis, :], -1, -2).astype(np.float32)) * self._inv_freq
+        if angles.ndim == 3:
+            angles = angles[:, None]
         cos, sin = mx.cos(angles).astype(x.dtype), mx.sin(angles).astype(x.dtype)
         half = self.dims // 2
         x1, x2, rest = x[..., :half], x[..., half : self.dims], x[..., self.dims :]

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..downsample import merge_side
-from .canvas import canvas_positions
+from .canvas import batch_positions, canvas_positions
 from .canvas_rope import CanvasKVCache
 from .language import LanguageModel
 from .merger import Merger
@@ -145,8 +145,9 @@ class Model(nn.Module):
         """Place a prompt's canvas positions in ``cache`` before the prompt is fed, in one piece
         or in chunks (4.7; a no-op for 4.6, which numbers tokens by their place in the cache).
 
-        ``input_ids`` are the prompt's ids (batch 1) and ``target_sizes``/``target_sizes_videos``
-        the processor's patch grids of its images and videos. The positions start where the
+        ``input_ids`` are the prompt's ids and ``target_sizes``/``target_sizes_videos`` the
+        processor's patch grids of its images and videos (a batch of B > 1 prompts, as the
+        tuner feeds them, goes into an empty cache, each row from 0). The positions start where the
         conversation in ``cache`` stands, so a later turn continues it; everything fed after the
         prompt (the answer, a text-only next turn) continues as text. Computed on the host from
         these inputs alone: nothing comes back from the graph.
@@ -162,14 +163,19 @@ class Model(nn.Module):
         pads = (self.config.image_token_id, self.config.video_token_id)
         if kv is None or not np.isin(ids, pads).any():
             return  # no attention layer to turn, or text: it continues where the cache stands
-        if ids.ndim == 2 and ids.shape[0] != 1:
-            raise ValueError(f"4.7 places one prompt with images or videos at a time, got a batch of {ids.shape[0]}")
         index = int(kv.offset)
+        mode = downsample_mode or self.config.downsample_mode
+        if ids.ndim == 2 and ids.shape[0] != 1:  # a batch to train on or score: each row from 0
+            if index or fed:
+                raise ValueError(f"a batch of {ids.shape[0]} prompts with images or videos goes into an empty cache; "
+                                 "a conversation goes on one prompt at a time")
+            kv.positions.place(0, batch_positions(ids, target_sizes, target_sizes_videos, self.config.markers, mode))
+            return
         if fed and index != fed:
             raise ValueError(f"the cache holds {index} tokens, not the {fed} said to be fed")
         start = 0 if fed else kv.positions.next_position(index)
-        positions = canvas_positions(ids.reshape(-1), target_sizes, target_sizes_videos, self.config.markers,
-                                     downsample_mode or self.config.downsample_mode, start=start)
+        positions = canvas_positions(ids.reshape(-1), target_sizes, target_sizes_videos, self.config.markers, mode,
+                                     start=start)
         kv.positions.place(index, positions[:, fed:])
 
     # -- weights ------------------------------------------------------------------------------
