@@ -474,3 +474,39 @@ def test_a_batch_of_prompts_is_each_prompt_on_its_own_canvas(request, torch_thre
                            target_sizes_videos=media_of("target_sizes_videos", 0)))
     for b, r in enumerate(rows):
         np.testing.assert_allclose(batch[b, : r.num_tokens], our_logits(model, r)[0], atol=1e-4, rtol=0)
+
+
+def test_training_gradients_equal_torch_autograd(request, torch_threads, media):
+    """Fine-tuning 4.7: the gradients of an image prompt's loss through our forward (the
+    tuner's path, positions placed per batch) equal the reference's autograd."""
+    import copy
+
+    import mlx.core as mx
+    import mlx.nn as nn
+    import torch
+    from mlx.utils import tree_flatten
+
+    from tests.conftest import tiny_model
+    from tests.test_model import CASES, to_torch, token_types
+
+    t = tiny_model(request, "canvas")
+    model, processor = t.load(cpu_kernels=False)
+    inputs = processor(CASES["sliced image"](media))
+    ids = np.array(inputs.input_ids)
+
+    def loss(m):
+        logits = m(mx.array(ids[:, :-1]), inputs.pixel_values, inputs.target_sizes)
+        return nn.losses.cross_entropy(logits, mx.array(ids[:, 1:])).mean()
+
+    ours = {k: np.array(g) for k, g in tree_flatten(nn.value_and_grad(model, loss)(model)[1])
+            if k.startswith("language_model.layers.") and k.endswith("proj.weight")}
+    hf = copy.deepcopy(t.hf)
+    out = hf(input_ids=to_torch(ids[:, :-1], torch.long), pixel_values=to_torch(inputs.pixel_values),
+             target_sizes=to_torch(inputs.target_sizes), downsample_mode=inputs.downsample_mode,
+             **token_types(t, ids[:, :-1]))
+    torch.nn.functional.cross_entropy(out.logits[0], to_torch(ids[0, 1:], torch.long)).backward()
+    ref = {k[len("model."):]: p.grad.numpy() for k, p in hf.named_parameters() if k[len("model."):] in ours}
+    assert set(ref) == set(ours) and any("self_attn" in k for k in ours)
+    scale = max(np.abs(g).max() for g in ref.values())
+    for k in ours:
+        np.testing.assert_allclose(ours[k], ref[k], atol=1e-4 * scale, rtol=0, err_msg=k)
