@@ -201,7 +201,8 @@ class ModelWorker(QObject):
 
                 self._cache = self._held = None
                 stream = follow_up(self.model, self.processor, summary, messages[-1]["content"],
-                                   cancel=self._cancel.is_set, progress=progress, **options)
+                                   system=request.system_prompt, cancel=self._cancel.is_set, progress=progress,
+                                   **options)
             else:
                 new = self._continue(request.conversation_id, messages)
                 self._held = None  # unknown until this turn ends

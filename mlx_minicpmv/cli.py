@@ -30,6 +30,21 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="Show tracebacks on errors.")
 
 
+# One definition per flag: generate and chat take them through the groups below, summarize
+# takes these three on their own (its frames are sampled per segment, not by --fps).
+def add_system_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--system", default=None, help="A system prompt.")
+
+
+def add_downsample_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--downsample-mode", choices=["16x", "4x"], default=None,
+                        help="Vision tokens per patch grid: 16x (default) or 4x (four times the tokens, finer detail).")
+
+
+def add_thinking_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--thinking", action="store_true", help="Let the model think before answering.")
+
+
 def add_sampling_args(parser: argparse.ArgumentParser, max_frames: int = 128) -> None:
     """The model, sampling and basic media flags every generating command takes."""
     add_model_args(parser)
@@ -41,7 +56,7 @@ def add_sampling_args(parser: argparse.ArgumentParser, max_frames: int = 128) ->
     parser.add_argument("--min-p", type=argtype("min_p"), default=None, help="Minimum probability relative to the top token.")
     parser.add_argument("--repetition-penalty", type=argtype("repetition_penalty"), default=None)
     parser.add_argument("--seed", type=argtype("seed"), default=None, help="Random seed for sampling.")
-    parser.add_argument("--thinking", action="store_true", help="Let the model think before answering.")
+    add_thinking_arg(parser)
     parser.add_argument("--max-slice-nums", type=argtype("max_slice_nums"), default=None,
                         help="Most slices per image (default 9).")
     parser.add_argument("--max-frames", type=argtype("max_num_frames"), default=max_frames,
@@ -50,9 +65,8 @@ def add_sampling_args(parser: argparse.ArgumentParser, max_frames: int = 128) ->
 
 def add_media_args(parser: argparse.ArgumentParser) -> None:
     """The other knobs the model's own documentation turns, under the reference processor's names."""
-    parser.add_argument("--system", default=None, help="A system prompt.")
-    parser.add_argument("--downsample-mode", choices=["16x", "4x"], default=None,
-                        help="Vision tokens per patch grid: 16x (default) or 4x (four times the tokens, finer detail).")
+    add_system_arg(parser)
+    add_downsample_arg(parser)
     parser.add_argument("--fps", type=argtype("fps"), default=None, help="Video frames sampled per second (default 1).")
     parser.add_argument("--stack-frames", type=argtype("stack_frames"), default=None,
                         help="Frames per second composed into one extra image beside each sampled frame (default 1: none).")

@@ -1,6 +1,7 @@
 """Summarise a video into timed chapters: ``python -m mlx_minicpmv summarize VIDEO --model M``.
 
     --out summary.md   --format md|srt|vtt|json   --max-frames 8 (per segment)   --segment-seconds 60
+    --system TEXT   --downsample-mode 16x|4x   --thinking   (as generate's, for every question asked)
 
 ``--out`` is checked before any work (a folder, a path that cannot be written); the result is
 written atomically, and if writing still fails the summary goes to standard output instead of
@@ -39,7 +40,7 @@ def check_writable(out: Path) -> None:
 
 
 def main(argv=None) -> int:
-    from .cli import report_errors
+    from .cli import add_downsample_arg, add_system_arg, add_thinking_arg, report_errors
 
     parser = argparse.ArgumentParser(description="Summarise a video into chapters with times.")
     parser.add_argument("video")
@@ -52,6 +53,9 @@ def main(argv=None) -> int:
                         help="Frames the model sees per segment.")
     parser.add_argument("--segment-seconds", type=argtype("segment_seconds"), default=60.0, help="Target segment length.")
     parser.add_argument("--no-scenes", action="store_true", help="Cut by time only, not at scene changes.")
+    add_system_arg(parser)
+    add_downsample_arg(parser)
+    add_thinking_arg(parser)
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
 
@@ -67,7 +71,9 @@ def main(argv=None) -> int:
         model, processor = load(args.model, adapter_path=args.adapter_path)
         summary = None
         for event in summarize(model, processor, args.video, segment_seconds=args.segment_seconds,
-                               frames_per_segment=args.max_frames, scene_detection=not args.no_scenes):
+                               frames_per_segment=args.max_frames, scene_detection=not args.no_scenes,
+                               system=args.system, downsample_mode=args.downsample_mode,
+                               enable_thinking=args.thinking):
             eta = f", about {short(event.eta_seconds)} left" if event.eta_seconds else ""
             print(f"\r{event.stage}: {event.done}/{event.total}{eta}    ", end="", file=sys.stderr, flush=True)
             summary = event.summary or summary

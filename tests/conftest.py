@@ -138,6 +138,22 @@ def canvas_tiny(request, torch_threads):
     return tiny_model(request, request.param)
 
 
+@pytest.fixture
+def prompts(monkeypatch):
+    """Every ``ProcessorOutput`` the processor makes during the test: what the model is given."""
+    from mlx_minicpmv.processing.processor import Processor
+
+    made = []
+    real = Processor.__call__
+
+    def recorded(self, *args, **kwargs):
+        made.append(real(self, *args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(Processor, "__call__", recorded)
+    return made
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "torchvision: compares with transformers' video processor, which needs torchvision; left out "

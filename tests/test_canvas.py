@@ -400,15 +400,17 @@ def test_a_stored_state_continued_by_the_whole_conversation(canvas_tiny, media):
 
 def test_a_summary_follow_up_places_its_frames_as_fresh_ones(canvas_tiny, tmp_path):
     """A question about a summarised video reuses the frames the summary saw (features, text
-    and patch grids): the same tokens as those frames decoded and encoded afresh."""
+    and patch grids): the same tokens as those frames decoded and encoded afresh, at the detail
+    the summary chose (not the checkpoint's own: the canvas lays frames out by it)."""
     from mlx_minicpmv.summary import follow_up, summarize
     from tests.media import make_video
     from tests.test_summary import stream_generate_frames
 
     model, processor = canvas_tiny.load()
     path = make_video(tmp_path / "two.mp4", seconds=6, fps=8, scenes=(0, 1))
+    other = "4x" if canvas_tiny.mode == "16x" else "16x"
     result = list(summarize(model, processor, path, segment_seconds=3, frames_per_segment=2,
-                            segments_per_chapter=2, max_tokens=4))[-1].summary
+                            segments_per_chapter=2, max_tokens=4, downsample_mode=other))[-1].summary
     answer = [r.token for r in follow_up(model, processor, result, "What colour is the car?", max_tokens=6,
                                          temperature=0.0)]
     from mlx_minicpmv.processing.video import iter_frames, probe
@@ -416,7 +418,8 @@ def test_a_summary_follow_up_places_its_frames_as_fresh_ones(canvas_tiny, tmp_pa
     info = probe(path)
     frames = [(f.image, f.time) for f in iter_frames(path, [min(int(f.time * info.fps), info.total_num_frames - 1)
                                                            for f in result.seen], info)]
-    assert answer == [r.token for r in stream_generate_frames(model, processor, frames, "What colour is the car?")]
+    assert answer == [r.token for r in stream_generate_frames(model, processor, frames, "What colour is the car?",
+                                                              downsample_mode=other)]
 
 
 

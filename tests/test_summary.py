@@ -3,6 +3,7 @@
 import json
 import re
 
+import numpy as np
 import pytest
 
 from mlx_minicpmv.processing.video import probe
@@ -202,11 +203,12 @@ def test_follow_up_uses_the_frames_the_summary_saw_without_decoding_or_encoding(
     assert answer == fresh
 
 
-def stream_generate_frames(model, processor, frames, question):
+def stream_generate_frames(model, processor, frames, question, **options):
     from mlx_minicpmv import stream_generate
 
     content = [{"type": "video", "video": frames}, {"type": "text", "text": question}]
-    return stream_generate(model, processor, [{"role": "user", "content": content}], max_tokens=6, temperature=0.0)
+    return stream_generate(model, processor, [{"role": "user", "content": content}], max_tokens=6, temperature=0.0,
+                           **options)
 
 
 def hand_made_summary():
@@ -264,3 +266,81 @@ def test_stop_keeps_what_was_summarised_and_says_where_it_stopped(tiny, tmp_path
     assert [(s.start, s.end) for c in result.chapters for s in c.segments] == [(0.0, 5.0)]
     assert result.warnings == ["Stopped after 0:05; the rest was not summarised."]
     assert "> Stopped after 0:05" in FORMATS["md"](result)
+
+
+THINKING_WARNING = ("The model was still thinking when its tokens ran out, so some parts have no text; "
+                    "turn thinking off or allow more tokens.")
+
+
+def short_summary(tiny, path, **options):
+    model, processor = tiny.load()
+    events = list(summarize(model, processor, path, segment_seconds=2, frames_per_segment=2, max_tokens=2,
+                            scene_detection=False, **options))
+    return events[-1].summary
+
+
+def test_system_detail_and_thinking_reach_every_question_and_the_follow_up(tiny, tmp_path, prompts, monkeypatch):
+    from mlx_minicpmv.summary import follow_up, pipeline
+
+    monkeypatch.setattr(pipeline, "THINKING_TOKENS", 2)  # the random model never ends a thought: keep it short
+    model, processor = tiny.load()
+    path = make_video(tmp_path / "v.mp4", seconds=4, fps=5)
+    short_summary(tiny, path)
+    plain = list(prompts)
+    prompts.clear()
+    summary = short_summary(tiny, path, system="Answer as a film critic.", downsample_mode="4x", enable_thinking=True)
+    asked = list(prompts)
+    assert len(asked) == len(plain) == 4  # two segments, a chapter title, the overview
+    for out in asked:
+        assert out.text.startswith("<|im_start|>system\nAnswer as a film critic.<|im_end|>")
+        assert out.text.endswith("assistant\n<think>\n") and out.downsample_mode == "4x"
+    vpad = processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    # about four times the tokens a frame (each mode resizes it to its own whole blocks: 520 against 140)
+    assert sum(np.array(asked[0].input_ids).ravel() == vpad) > 3 * sum(np.array(plain[0].input_ids).ravel() == vpad)
+    assert summary.warnings == [THINKING_WARNING]  # once, however many answers it cut short
+    assert [s.text for c in summary.chapters for s in c.segments] == ["", ""]
+    assert [c.title for c in summary.chapters] == ["Part 1"] and summary.overview == ""
+
+    # A follow-up gets the system prompt, and the frames' own detail whatever the options say
+    # (their 4x features are reused as they are).
+    prompts.clear()
+    list(follow_up(model, processor, summary, "Who drives?", system="Be brief.", downsample_mode="16x",
+                   max_tokens=2, temperature=0.0))
+    (out,) = prompts
+    assert out.text.startswith("<|im_start|>system\nBe brief.<|im_end|>") and out.downsample_mode == "4x"
+    assert out.video_features is not None and out.video_features.shape[0] == sum(
+        f.features.shape[0] for f in summary.seen)
+
+
+def test_the_summary_keeps_what_follows_the_thinking(tiny, tmp_path, monkeypatch):
+    """With thinking on, each answer is what the model says after ``</think>``."""
+    from types import SimpleNamespace
+
+    from mlx_minicpmv.summary import pipeline
+
+    _, processor = tiny.load()
+    said = processor.tokenizer.encode("A car waits.</think>\n\nA red car drives off.", add_special_tokens=False)
+    assert processor.tokenizer.convert_tokens_to_ids("</think>") in said
+    monkeypatch.setattr(pipeline, "stream_tokens", lambda *a, **k: (SimpleNamespace(token=t) for t in said))
+    summary = short_summary(tiny, make_video(tmp_path / "v.mp4", seconds=4, fps=5), enable_thinking=True)
+    assert [s.text for c in summary.chapters for s in c.segments] == ["A red car drives off."] * 2
+    assert [c.title for c in summary.chapters] == ["A red car drives off."]
+    assert summary.overview == "A red car drives off." and summary.warnings == []
+
+
+def test_command_line_takes_system_detail_and_thinking(tiny, tmp_path, prompts, monkeypatch, capsys):
+    from mlx_minicpmv.summary import pipeline
+
+    monkeypatch.setattr(pipeline, "THINKING_TOKENS", 2)
+    path = make_video(tmp_path / "v.mp4", seconds=4, fps=5)
+    code = summarize_main([str(path), "--model", str(tiny.mlx_path), "--max-frames", "2", "--segment-seconds", "2",
+                           "--no-scenes", "--format", "json", "--system", "Be brief.", "--downsample-mode", "4x",
+                           "--thinking"])
+    out, err = capsys.readouterr()
+    assert code == 0 and json.loads(out)["chapters"]
+    assert prompts and all(p.text.startswith("<|im_start|>system\nBe brief.<|im_end|>") for p in prompts)
+    assert all(p.downsample_mode == "4x" and p.text.endswith("<think>\n") for p in prompts)
+    assert f"warning: {THINKING_WARNING}" in err
+    with pytest.raises(SystemExit):
+        summarize_main([str(path), "--model", str(tiny.mlx_path), "--downsample-mode", "8x"])
+    assert "--downsample-mode: invalid choice: '8x'" in capsys.readouterr().err

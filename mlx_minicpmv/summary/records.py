@@ -42,6 +42,7 @@ class SeenFrame:
     replacement: str
     features: "mx.array"
     size: Tuple[int, int]  # its patch grid (4.7 places the frame on its canvas by it)
+    mode: str = "16x"  # the downsample mode its features were encoded at
 
 
 @dataclass

@@ -1,0 +1,33 @@
+"""The app's worker on its own (its slots called directly, on the test's thread): what it hands
+the library for the window's requests."""
+
+from app.worker import GenerateRequest, ModelWorker
+from tests.media import make_video
+
+
+def loaded_worker(qtbot, path) -> ModelWorker:
+    worker = ModelWorker()
+    failed = []
+    worker.failed.connect(failed.append)
+    worker.load(str(path))
+    assert not failed and worker.model is not None, failed
+    return worker
+
+
+def test_a_question_after_a_summary_gets_the_system_prompt(qtbot, tiny, tmp_path, prompts):
+    worker = loaded_worker(qtbot, tiny.mlx_path)
+    summaries, done, failed = [], [], []
+    worker.summary_done.connect(summaries.append)
+    worker.done.connect(lambda reason, stats: done.append(reason))
+    worker.failed.connect(failed.append)
+    video = make_video(tmp_path / "v.mp4", seconds=4, fps=5)
+    worker.summarise("chat", str(video), dict(segment_seconds=2, frames_per_segment=2, max_tokens=2,
+                                              scene_detection=False))
+    assert summaries and not failed, failed
+    prompts.clear()
+    worker.generate(GenerateRequest("chat", [{"role": "user", "content": "What happens?"}],
+                                    dict(max_tokens=2, temperature=0.0), system_prompt="Answer in French."))
+    assert done and not failed, failed
+    (given,) = prompts
+    assert given.text.startswith("<|im_start|>system\nAnswer in French.<|im_end|>")
+    assert given.video_features is not None, "answered from the frames the summary saw"
