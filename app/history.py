@@ -1,4 +1,5 @@
-"""Conversations on disk: one JSON file each, written atomically. Plain dataclasses, no Qt.
+"""Conversations on disk: one JSON file each, written atomically and readable by their owner
+only (0600). Plain dataclasses, no Qt.
 
 A conversation's identity is its file name: whatever a file says inside, only names found by
 listing the history folder are read, written or removed, so nothing outside the folder is ever
@@ -8,14 +9,14 @@ may want it back), and reported once. Attachments are referenced by path, never 
 """
 
 import json
-import os
 import re
-import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
+
+from mlx_minicpmv.files import PRIVATE, write_atomic  # pure: loads no MLX
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".heic"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
@@ -132,24 +133,6 @@ def conversation_from_json(text: str, conversation_id: str, modified: float = 0.
     return Conversation(conversation_id, title, _number(data.get("created"), updated), updated, parsed)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside ``path``, flush it to disk, then rename over it.
-
-    (``mlx_minicpmv.summarize`` has its own copy: the app calls the library only from its
-    worker thread, and history is saved on the GUI thread.)"""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class History:
     """The folder of conversations. ``damaged`` maps each unreadable file found so far to what is
     wrong with it; ``unreported()`` hands each of them out once, for the window to say."""
@@ -184,7 +167,9 @@ class History:
         return conversation
 
     def save(self, conversation: Conversation) -> None:
-        write_atomic(self.path(conversation.id), json.dumps(asdict(conversation), indent=1, ensure_ascii=False))
+        # Private (0600) whatever the umask: a conversation is its owner's to read.
+        write_atomic(self.path(conversation.id), json.dumps(asdict(conversation), indent=1, ensure_ascii=False),
+                     mode=PRIVATE)
 
     def load(self, conversation_id: str) -> Conversation:
         """The conversation stored under this id; ``DamagedFile`` when it cannot be read."""

@@ -305,9 +305,8 @@ class ModelWorker(QObject):
         """Write a summary as .md, .srt, .vtt or .json (by suffix), atomically."""
         from pathlib import Path
 
+        from mlx_minicpmv.files import write_atomic  # the umask's mode: an export is the person's file
         from mlx_minicpmv.summary.export import FORMATS
-
-        from .history import write_atomic
 
         fmt = Path(path).suffix.lstrip(".").lower()
         if fmt not in FORMATS:

@@ -9,7 +9,9 @@ here: the app and scripts import this without loading the model stack.
 import os
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
+
+PRIVATE = 0o600  # for what only its owner should read (the app's conversations)
 
 
 def current_umask() -> int:
@@ -26,9 +28,13 @@ def current_umask() -> int:
     return mask
 
 
-def write_atomic(path: Union[str, Path], data: Union[str, bytes]) -> None:
-    """Temporary file beside ``path``, flushed, given the umask's mode, then renamed over it:
-    never a half-written file, and an interrupted write leaves the old one as it was."""
+def write_atomic(path: Union[str, Path], data: Union[str, bytes], mode: Optional[int] = None) -> None:
+    """Temporary file beside ``path``, flushed, given its mode, then renamed over it: never a
+    half-written file, and an interrupted write leaves the old one as it was.
+
+    ``mode``: None gives what ``open`` would (0666 less the umask); ``PRIVATE`` (0600) keeps a
+    file to its owner whatever the umask. The mode is set before the rename, so the file is
+    never readable under its own name with wider permissions."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -38,7 +44,7 @@ def write_atomic(path: Union[str, Path], data: Union[str, bytes]) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())
+        os.chmod(tmp, (0o666 & ~current_umask()) if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

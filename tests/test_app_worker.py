@@ -31,3 +31,25 @@ def test_a_question_after_a_summary_gets_the_system_prompt(qtbot, tiny, tmp_path
     (given,) = prompts
     assert given.text.startswith("<|im_start|>system\nAnswer in French.<|im_end|>")
     assert given.video_features is not None, "answered from the frames the summary saw"
+
+
+def test_an_exported_summary_is_the_persons_file_not_a_private_one(qtbot, tmp_path):
+    """Conversations are kept 0600 (app/history.py); an export goes where the person chose and
+    gets the mode any file they save has (the umask's), through the library's one writer."""
+    import os
+    import stat
+
+    from tests.test_summary import hand_made_summary
+
+    worker = ModelWorker()
+    exported, failed = [], []
+    worker.exported.connect(exported.append)
+    worker.failed.connect(failed.append)
+    out = tmp_path / "trip.md"
+    old = os.umask(0o022)
+    try:
+        worker.export_summary(hand_made_summary(), str(out))
+    finally:
+        os.umask(old)
+    assert exported == [str(out)] and not failed, failed
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o644 and "The car" in out.read_text()

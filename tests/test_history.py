@@ -1,14 +1,32 @@
 """Files the app and the summariser write: atomically, and read back without losing anything."""
 
 import json
+import os
+import stat
+from contextlib import contextmanager
 
 import pytest
 
-from app import history
 from app.history import Attachment, Conversation, History, Message
 from mlx_minicpmv import files
 
-WRITERS = {"app history": history.write_atomic, "summary output": files.write_atomic}
+# The app's history and the summaries, exports and models go through the one writer: the
+# history privately, the rest with the umask's mode.
+WRITERS = {"app history": lambda path, text: files.write_atomic(path, text, mode=files.PRIVATE),
+           "summary output": files.write_atomic}
+
+
+@contextmanager
+def umask(mask: int):
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def mode_of(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
 
 
 @pytest.mark.parametrize("writer", list(WRITERS))
@@ -57,3 +75,27 @@ def test_a_damaged_file_is_skipped_and_kept(tmp_path, damage):
     broken.write_text(damage)
     assert [c.id for c in store.list()] == [good.id]
     assert broken.read_text() == damage, "a damaged conversation is never deleted or rewritten"
+
+
+def test_write_atomic_gives_the_umask_mode_or_the_one_asked_for(tmp_path):
+    target = tmp_path / "out.txt"
+    with umask(0o022):
+        files.write_atomic(target, "shared")
+        assert mode_of(target) == 0o644
+        files.write_atomic(target, "private", mode=files.PRIVATE)
+        assert mode_of(target) == 0o600 and target.read_text() == "private"
+    with umask(0o077):
+        files.write_atomic(target, "the umask keeps it private")
+        assert mode_of(target) == 0o600
+
+
+def test_conversations_are_private_whatever_the_umask(tmp_path):
+    store = History(tmp_path)
+    c = conversation("What is on the sofa?", 100.0)
+    with umask(0o000):
+        store.save(c)  # a new file
+        assert mode_of(store.path(c.id)) == 0o600
+        c.add(Message("user", "And the dog?"))
+        store.save(c)  # replaced
+        assert mode_of(store.path(c.id)) == 0o600
+    assert store.load(c.id) == c
