@@ -120,7 +120,14 @@ class ModelWorker(QObject):
 
             from mlx_minicpmv import load
 
-            self.model = self.processor = None  # the old model's memory goes before the new one's comes
+            from mlx_minicpmv.generate import feature_cache
+
+            old, self.model, self.processor = self.model, None, None
+            if old is not None:
+                # Its encoded images go now, not whenever the collector gets to the model (a
+                # local server's request may still hold it), and before the new model's memory comes.
+                feature_cache.forget(old)
+            del old
             self._cache, self._held, self._summary = None, None, (None, None)
             self.model, self.processor = load(path)
             self.model_path = path

@@ -53,3 +53,21 @@ def test_an_exported_summary_is_the_persons_file_not_a_private_one(qtbot, tmp_pa
         os.umask(old)
     assert exported == [str(out)] and not failed, failed
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o644 and "The car" in out.read_text()
+
+
+def test_switching_model_frees_the_old_models_image_features(qtbot, tiny, alt_tiny, tmp_path):
+    from mlx_minicpmv.generate import feature_cache
+    from tests.media import noise_image
+
+    worker = loaded_worker(qtbot, tiny.mlx_path)
+    photo = tmp_path / "photo.png"
+    noise_image(200, 200, seed=5).save(photo)
+    done = []
+    worker.done.connect(lambda reason, stats: done.append(reason))
+    worker.generate(GenerateRequest("chat", [{"role": "user", "content": [
+        {"type": "image", "image": str(photo)}, {"type": "text", "text": "What is this?"}]}],
+        dict(max_tokens=1, temperature=0.0)))
+    old = worker.model  # still referenced (as a server's request might): the collector cannot free it
+    assert done and feature_cache.held_for(old) == 1
+    worker.load(str(alt_tiny.mlx_path))
+    assert worker.model is not old and feature_cache.held_for(old) == 0
