@@ -1,6 +1,7 @@
 """``load(path_or_repo) -> (model, processor)``: strict, with errors that name the file and the fix."""
 
 import json
+import os
 from pathlib import Path
 from typing import Dict, Tuple
 
@@ -17,17 +18,26 @@ from .model import Model
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
 
 
+def looks_like_a_path(path_or_repo) -> bool:
+    """What only a path can be: a ``Path``, a name starting ``.``, ``/`` or ``~`` (a repo id
+    never starts with ``.``), or any number of parts but the two of ``owner/name``."""
+    text = str(path_or_repo)
+    return isinstance(path_or_repo, os.PathLike) or text.startswith((".", "/", "~")) or text.count("/") != 1
+
+
 def resolve(path_or_repo, allow_patterns=ALLOW_PATTERNS, tqdm_class=None) -> Path:
     """A local directory as is, or a Hugging Face repo id downloaded through huggingface_hub
-    (its own progress bars, or ``tqdm_class``'s, and its cache). Offline, one line says so."""
+    (its own progress bars, or ``tqdm_class``'s, and its cache). A name that can only be a path
+    and is not there never reaches the Hub. Offline, one line says so."""
     path = Path(path_or_repo).expanduser()
     if path.exists():
         if not path.is_dir():
             raise CheckpointError(f"{path} is a file; pass the model directory that holds config.json")
         return path
-    if str(path_or_repo).startswith((".", "/", "~")) or str(path_or_repo).count("/") != 1:
+    if looks_like_a_path(path_or_repo):
         raise CheckpointError(
-            f"{path_or_repo}: no such directory, and not a Hugging Face repo id (owner/name)"
+            f"{path_or_repo}: no such directory (and not a Hugging Face repo id, which is owner/name); "
+            "check the path, or make the model there with convert.py"
         )
     if path.parent.is_dir():  # models/nope: a mistyped local path, not a repo of a user "models"
         near = sorted(p.name for p in path.parent.iterdir() if p.is_dir() and not p.name.startswith("."))[:5]
@@ -41,7 +51,8 @@ def resolve(path_or_repo, allow_patterns=ALLOW_PATTERNS, tqdm_class=None) -> Pat
     try:
         return Path(snapshot_download(str(path_or_repo), allow_patterns=allow_patterns, tqdm_class=tqdm_class))
     except RepositoryNotFoundError:
-        raise CheckpointError(f"{path_or_repo}: no such repo on the Hugging Face Hub (or it is private)") from None
+        raise CheckpointError(f"{path_or_repo}: no such local directory, and no such repo on the Hugging Face Hub "
+                              "(or it is private); check the name") from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
         raise CheckpointError(
             f"cannot download {path_or_repo}: there is no such local directory, the Hugging Face Hub is not "

@@ -96,3 +96,42 @@ def test_transposed_tied_head_keeps_the_values(tiny):
     emb = model.language_model.embed_tokens
     assert emb.weight.shape == stored.shape and mx.array_equal(emb.weight, stored)
     np.testing.assert_allclose(np.array(model(ids)), before, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["./nope", "../nope", "./models/nope", "~/surely-no-such-model-folder", "/no/such/model",
+                                  "nope", "models/nope", "models/MiniCPM-V-4.6/nope", "path object"])
+def test_a_missing_folder_is_named_and_never_looked_up_on_the_hub(tmp_path, monkeypatch, name):
+    """A name that can only be a path (or whose parent folder is there) and is not there: one
+    line saying so, and the Hub is never asked (offline it said "the Hub is not reachable")."""
+    import huggingface_hub
+
+    from pathlib import Path
+
+    (tmp_path / "models" / "MiniCPM-V-4.6").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, **k: asked.append(repo) or pytest.fail())
+    given = Path("owner/name") if name == "path object" else name  # a Path is a path, whatever its shape
+    with pytest.raises(CheckpointError) as e:
+        load(given)
+    message = str(e.value)
+    assert message.startswith(f"{given}: no such directory") and "\n" not in message, message
+    assert "convert.py" in message and asked == []
+
+
+def test_a_repo_id_still_goes_to_the_hub(tmp_path, monkeypatch):
+    import httpx
+    import huggingface_hub
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    monkeypatch.chdir(tmp_path)
+    asked = []
+
+    def not_there(repo, **kwargs):
+        asked.append(repo)
+        raise RepositoryNotFoundError("404", response=httpx.Response(404, request=httpx.Request("GET", "https://hf.co")))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", not_there)
+    with pytest.raises(CheckpointError, match="openbmb/nope: no such local directory, and no such repo on the Hug"):
+        load("openbmb/nope")
+    assert asked == ["openbmb/nope"]
