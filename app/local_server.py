@@ -31,7 +31,7 @@ class LocalServer(QObject):
         self.worker = worker
         self.server = None  # the running EmbeddedServer; read and written on the worker's thread
         self.wanted = None  # (port, key) while the person wants it on, else None
-        self._pumping = False
+        self._pumping = self._shut = False
         self._lock = threading.Lock()
         # Direct: runs on the worker's thread at the start of a load, before it drops the old model.
         worker.loading.connect(self._model_leaving, Qt.DirectConnection)
@@ -51,7 +51,9 @@ class LocalServer(QObject):
 
     def shutdown(self) -> None:
         """At quit, before the worker's thread ends: stop serving and free the port."""
-        self.wanted = None
+        if self._shut:
+            return  # a second close: the worker's thread is gone, and so is the server
+        self._shut, self.wanted = True, None
         future = self.worker.submit(self._stop_job)
         try:
             future.result(SHUTDOWN_WAIT_S)

@@ -179,6 +179,55 @@ def aggregate_decode(server: Server, streams: int, tokens: int) -> dict:
                 per_stream_tps=per_stream, ttft_s=ttft, chunks=[len(r) for r in results])
 
 
+STEPS = """
+import json, statistics, sys, time
+import mlx_minicpmv
+from mlx_minicpmv import load
+from mlx_minicpmv.cpu import gemv_layers
+from mlx_minicpmv.server.scheduler import Scheduler
+from mlx_minicpmv.server.sequence import Job
+
+model, processor = load(sys.argv[1])
+sizes, rounds, steps = json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+few_rows = gemv_layers.few_rows
+
+
+def step_ms(batch, rows_kernel):
+    gemv_layers.few_rows = few_rows if rows_kernel else (lambda x: False)
+    scheduler = Scheduler(model, processor, max_concurrency=batch)
+    for i in range(batch):
+        scheduler.submit(Job([{"role": "user", "content": f"Write a long story about a fox ({i})."}],
+                             max_tokens=steps + 64))
+    while len(scheduler.batch) < batch:
+        scheduler.pump()
+    scheduler.pump()  # the first step of this batch size (a compile) is not timed
+    tic = time.perf_counter()
+    for _ in range(steps):
+        scheduler.pump()
+    scheduler.close()
+    return 1e3 * (time.perf_counter() - tic) / steps
+
+
+times = {f"{b}/{k}": [] for b in sizes for k in ("rows", "gemm")}
+for _ in range(rounds):  # round robin, so that the machine's load falls on every figure alike
+    for b in sizes:
+        for kernel in ("rows", "gemm"):
+            if b > 1 or kernel == "rows":
+                times[f"{b}/{kernel}"].append(step_ms(b, kernel == "rows"))
+print("STEPS " + json.dumps({k: statistics.median(v) for k, v in times.items() if v}))
+"""
+
+
+def decode_steps(model: Path, sizes, rounds: int, steps: int) -> dict:
+    """The server's decode step in-process (no HTTP), by batch size, with the rows kernel
+    (cpu/kernels' rows_matmul) and without it (MLX's GEMM): medians over alternating rounds."""
+    proc = subprocess.run([sys.executable, "-c", STEPS, str(model), json.dumps(sizes), str(rounds), str(steps)],
+                          capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-2000:])
+    return json.loads(proc.stdout.split("STEPS ")[-1])
+
+
 def first_token_s(server: Server, messages, timeout_s: float):
     """(seconds to a one-token answer, the answer), or (None, None) past ``timeout_s``."""
     tic = time.perf_counter()
@@ -263,6 +312,9 @@ def main():
     parser.add_argument("--decode-tokens", type=int, default=48)
     parser.add_argument("--variant", default="float32")
     parser.add_argument("--skip-video", action="store_true")
+    parser.add_argument("--steps-only", action="store_true",
+                        help="only the in-process decode step by batch size, rows kernel on and off (no server)")
+    parser.add_argument("--step-rounds", type=int, default=3)
     parser.add_argument("--video-timeout-s", type=float, default=600,
                         help="give up on a video question after this long (reported as such)")
     args = parser.parse_args()
@@ -278,6 +330,17 @@ def main():
             shutil.copytree(build(OUT), hf, dirs_exist_ok=True)
             spellable(hf)
     convert_all(out, hf, [args.variant], args.impls)
+    if args.steps_only:
+        print("load before:", machine_load(), flush=True)
+        ms = decode_steps(out / f"mlx-{args.variant}", args.streams, args.step_rounds, 16)
+        print("load after:", machine_load(), flush=True)
+        print(f"{'decode step, in-process':36}{'ms/step':>10}{'tokens/s':>10}{'x 1 stream':>12}")
+        for key, value in ms.items():
+            b = int(key.split("/")[0])
+            rate = b * 1e3 / value
+            print(f"{b} stream(s), {'rows kernel' if key.endswith('rows') else 'MLX GEMM':21}{value:>10.1f}"
+                  f"{rate:>10.2f}{rate / (1e3 / ms['1/rows']):>12.2f}")
+        return
     media = out / "media"
     if not args.skip_video:
         make_media(media, hf)
