@@ -2,12 +2,13 @@
 
 The HTTP side (any thread, any event loop) calls ``submit(job)`` and reads events from the
 returned ``Handle``; nothing else touches the model. The owner calls ``pump()`` again and
-again: each call admits waiting requests up to ``max_concurrency``, runs one prefill chunk of
-the request being prefilled, and one decode step of the running batch, so a long video's
-prefill never stalls the answers already streaming by more than a chunk. ``serve_forever``
-is that loop on a thread of its own (the ``serve`` command); the desktop app instead calls
-``pump`` from its model worker between its own jobs, keeping one owner of MLX (mlx-lm's server
-has the same shape: one generation thread, requests queued to it).
+again: each call admits waiting requests up to ``max_concurrency``, runs prefill chunks of
+the requests being prefilled (up to ``prefill_step`` tokens in all), and one decode step of
+the running batch, so a long video's prefill never stalls the answers already streaming by
+more than a chunk. ``serve_forever`` is that loop on a thread of its own (the ``serve``
+command); the desktop app instead calls ``pump`` from its model worker between its own jobs,
+keeping one owner of MLX (mlx-lm's server has the same shape: one generation thread, requests
+queued to it).
 
 Events a handle receives, in order: one ``start`` (prompt and cached token counts), ``delta``
 events (reasoning and answer text, the token's log-probabilities when asked), and one ``done``
@@ -152,7 +153,7 @@ class Scheduler:
             self._wake.clear()
         try:
             self._admit()
-            self._prefill_one()
+            self._prefill()
             self._decode_one()
         except Exception as e:  # a bug must fail the requests in flight, not stop the server
             log.exception("scheduler step failed")
@@ -192,27 +193,37 @@ class Scheduler:
                     continue
                 self._prefilling.append(seq)
 
-    def _prefill_one(self) -> None:
-        if not self._prefilling:
-            return
+    def _prefill(self) -> None:
+        """Prefill chunks up to ``prefill_step`` tokens in all between two decode steps: a long
+        prompt gets one chunk, several short ones (chat turns arriving together) all of theirs,
+        so the eighth of eight new requests does not wait through seven decode steps per chunk."""
+        budget = self.ctx.prefill_step
+        while self._prefilling and budget > 0:
+            budget -= max(self._prefill_one(), 1)
+
+    def _prefill_one(self) -> int:
+        """One chunk of the first request being prefilled; the prompt tokens it fed."""
         seq = self._prefilling[0]
         if seq.handle.cancelled:
             self._prefilling.popleft()
-            return
+            return 0
+        before = seq.done_to
         try:
             if seq.cache is None:
                 seq.prepare(self.ctx)
                 seq.handle.put(Event("start", prompt_tokens=len(seq.ids), cached_tokens=seq.cached))
+                before = seq.done_to
             if not seq.prefilled:
                 seq.prefill_step(self.ctx.model, self.ctx.store)
         except Exception as e:  # one bad request must not take the server down
             self._prefilling.popleft()
             self._fail(seq, e)
             mx.clear_cache()
-            return
+            return 0
         if seq.prefilled:
             self._prefilling.popleft()
             self.batch.add(seq)
+        return seq.done_to - before
 
     def _decode_one(self) -> None:
         if not self.batch.seqs:
