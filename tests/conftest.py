@@ -78,6 +78,14 @@ class Tiny:
         self.hf = build_checkpoint(self.hf_path, **{"seed": 1 if name == "alt" else 0, **CONFIGS[name]})
         self.mlx_path = convert(str(self.hf_path), str(root / f"mlx-{name}"), dtype="float32")
         self._loaded = {}
+        self._references = {}
+
+    def reference(self, key, compute):
+        """``compute()``'s result, once per session: a reference output that the CPU and the
+        portable path are both compared with (the reference is the slow side of each test)."""
+        if key not in self._references:
+            self._references[key] = compute()
+        return self._references[key]
 
     def load(self, cpu_kernels: bool = True):
         """(model, processor) of the fp32 conversion: on the CPU path (mlx_minicpmv/cpu's

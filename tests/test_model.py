@@ -105,13 +105,15 @@ def test_logits_match_reference(any_tiny, media, case, path):
     inputs = processor(CASES[case](media), downsample_mode=any_tiny.mode)
     if case == "sliced image":
         assert inputs.target_sizes.shape[0] > 1, "the wide image must be sliced"
-    ref, ours = hf_logits(any_tiny, inputs), our_logits(model, inputs)
+    ref, ref64 = any_tiny.reference(("test_logits_match_reference", case), lambda: (hf_logits(any_tiny, inputs),
+                                                               hf_logits(any_tiny, inputs, float64=True)))
+    ours = our_logits(model, inputs)
     assert ours.shape == ref.shape
     assert np.abs(ref).max() > 0.5, "logits of order 1, or the tolerance means nothing"
     # Random gated-DeltaNet layers amplify fp32 rounding a thousandfold where a head's output
     # is near zero before its RMSNorm; on such inputs the reference itself is off from float64
     # by more than 1e-3. The test inputs are chosen well-conditioned, and this checks it.
-    assert np.abs(ref - hf_logits(any_tiny, inputs, float64=True)).max() < CONDITIONING_TOL
+    assert np.abs(ref - ref64).max() < CONDITIONING_TOL
     np.testing.assert_allclose(ours, ref, atol=LOGIT_TOL, rtol=0)
 
 
@@ -121,10 +123,12 @@ def test_vision_features_match_reference(any_tiny, media, mode, path):
     packed = processor.process_images([media["wide"], media["small"]], downsample_mode=mode)
     import torch
 
-    with torch.no_grad():
-        ref = any_tiny.hf.model.get_image_features(
-            to_torch(packed.pixel_values), to_torch(packed.target_sizes), downsample_mode=mode).pooler_output
-    ref = torch.cat(ref).numpy()
+    def reference():
+        with torch.no_grad():
+            return torch.cat(any_tiny.hf.model.get_image_features(
+                to_torch(packed.pixel_values), to_torch(packed.target_sizes), downsample_mode=mode).pooler_output).numpy()
+
+    ref = any_tiny.reference(("test_vision_features_match_reference", mode), reference)
     ours = np.array(model.encode_slices(mx.array(packed.pixel_values), packed.target_sizes, mode))
     assert ours.shape == ref.shape
     np.testing.assert_allclose(ours, ref, atol=FEATURE_TOL, rtol=0)
@@ -137,9 +141,9 @@ def test_greedy_tokens_match_reference_generate(any_tiny, media, path):
 
     model, processor = loaded(any_tiny, path)
     inputs = processor(CASES["sliced image"](media), downsample_mode=any_tiny.mode)
-    ref_tokens, ref_logprobs = reference_steps(
+    ref_tokens, ref_logprobs = any_tiny.reference("test_greedy_tokens_match_reference_generate", lambda: reference_steps(
         any_tiny, input_ids=to_torch(inputs.input_ids, torch.long), pixel_values=to_torch(inputs.pixel_values),
-        target_sizes=to_torch(inputs.target_sizes), downsample_mode=inputs.downsample_mode)
+        target_sizes=to_torch(inputs.target_sizes), downsample_mode=inputs.downsample_mode))
     assert len(ref_tokens) == 32
     assert_same_steps(list(stream_tokens(model, inputs, max_tokens=32, temperature=0.0)), ref_tokens, ref_logprobs)
 
