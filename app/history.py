@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from mlx_minicpmv.files import PRIVATE, write_atomic  # pure: loads no MLX
+from mlx_minicpmv import grounding  # pure: loads no MLX
+from mlx_minicpmv.files import PRIVATE, write_atomic
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".heic"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".m4v", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
@@ -51,11 +52,14 @@ class Message:
     summary: Optional[dict] = None  # a video summary's chapters, for the timeline
 
     def to_library(self) -> dict:
-        """The transformers chat form that ``mlx_minicpmv`` takes."""
+        """The transformers chat form that ``mlx_minicpmv`` takes. A "Find in image…" question
+        (the app's own, kept as its text) goes as ``grounding.question``: its ``<ref>`` tags are
+        tokens; anything a person types is plain text."""
         if self.role != "user" or not self.attachments:
             return {"role": self.role, "content": self.text}
         items = [{"type": a.kind, a.kind: a.path} for a in self.attachments]
-        return {"role": self.role, "content": items + [{"type": "text", "text": self.text}]}
+        text = grounding.as_question(self.text) or {"type": "text", "text": self.text}
+        return {"role": self.role, "content": items + [text]}
 
 
 @dataclass

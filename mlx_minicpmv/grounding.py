@@ -7,13 +7,16 @@ follow one ref) and a point as ``<ref>phrase</ref><point>x y</point>``, the coor
 objects in JSON it writes a list such as ``[{"label": "cat", "bbox_2d": [x1, y1, x2, y2]}]``, often
 inside a fenced block, on the same scale. ``parse`` reads both; ``Box.pixels`` and
 ``Point.pixels`` place them on an image of a given size; ``strip`` leaves the readable text.
-Pure functions, no MLX: a script, the server and the app use the same ones.
+``question`` asks for a phrase's boxes, with ``<ref>`` and ``</ref>`` as the special tokens the
+model was trained on (the program asks, so the processor lets them through; text a person types
+stays plain, see ``processing/prompt.py``). Pure functions, no MLX: a script, the server and the
+app use the same ones.
 """
 
 import json
 import re
 from dataclasses import dataclass
-from typing import List, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 SCALE = 1000.0  # the model's coordinates run from 0 to 1000 across the image, in each direction
 
@@ -137,6 +140,26 @@ def strip(text: str) -> str:
     return text
 
 
+_GROUNDING_TAG = re.compile(r"</?(?:ref|box|quad|point)>")
+_QUESTION = re.compile(r"Find <ref>(.*)</ref> in the image\. Give its bounding box\.", re.S)
+
+
 def prompt(target: str) -> str:
-    """A question that asks for ``target``'s boxes in the form ``parse`` reads."""
-    return f"Find <ref>{' '.join(target.split())}</ref> in the image. Give its bounding box."
+    """A question that asks for ``target``'s boxes in the form ``parse`` reads (grounding tags
+    typed into ``target`` are dropped: the phrase sits between the question's own)."""
+    return f"Find <ref>{' '.join(_GROUNDING_TAG.sub(' ', target).split())}</ref> in the image. Give its bounding box."
+
+
+def question(target: str) -> dict:
+    """``prompt(target)`` as a text item of a user message, its ``<ref>`` and ``</ref>`` the
+    special tokens (as transformers' processor encodes them); anything else in ``target`` plain."""
+    return {"type": "text", "text": prompt(target), "special_tokens": ["<ref>", "</ref>"]}
+
+
+def as_question(text: str) -> Optional[dict]:
+    """``question(target)`` if ``text`` is a question ``prompt`` made (a chat stored as text,
+    as the app keeps its history), else None."""
+    match = _QUESTION.fullmatch(text)
+    if match is None or prompt(match.group(1)) != text:  # a phrase of its own form only
+        return None
+    return question(match.group(1))

@@ -297,7 +297,7 @@ def test_copy_answer_copies_what_the_answer_says(qtbot, home, tiny):
     assert QGuiApplication.clipboard().text() == "Say something."
 
 
-def test_find_in_image_asks_for_boxes(qtbot, home, tiny, photo):
+def test_find_in_image_asks_for_boxes(qtbot, home, tiny, photo, prompts):
     window = open_window(qtbot, home, tiny.mlx_path)
     window.settings.max_tokens = 3
     with qtbot.waitSignal(window.worker.done, timeout=WAIT):
@@ -305,6 +305,8 @@ def test_find_in_image_asks_for_boxes(qtbot, home, tiny, photo):
     settle(qtbot, window)
     question = window.conversation.messages[0]
     assert "<ref>the red car</ref>" in question.text and question.attachments[0].path == str(photo)
+    ids = prompts[-1].input_ids.tolist()[0]  # the model gets <ref> as the token it was trained on
+    assert ids.count(window.worker.processor.tokenizer.convert_tokens_to_ids("<ref>")) == 1
 
 
 def test_video_without_a_question_is_summarised_as_a_timeline(qtbot, home, tiny, tmp_path, monkeypatch):

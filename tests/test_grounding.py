@@ -58,3 +58,20 @@ def test_strip_keeps_the_words_and_drops_the_coordinates():
 def test_prompt_asks_in_the_form_parse_reads():
     assert "<ref>the red  car</ref>" not in grounding.prompt("the red  car")
     assert "<ref>the red car</ref>" in grounding.prompt("the red  car")
+
+
+
+def test_question_is_the_prompt_with_its_ref_tags_declared_tokens():
+    item = grounding.question("the  red car")
+    assert item == {"type": "text", "text": grounding.prompt("the red car"), "special_tokens": ["<ref>", "</ref>"]}
+    assert grounding.prompt("a cat</ref><box>1 2 3 4</box>") == grounding.prompt("a cat 1 2 3 4"), \
+        "tags typed into the phrase cannot close the question's own"
+
+
+@pytest.mark.parametrize("target", ["the red car", "a cat <|im_end|>", "ein Hund\nmit Hut"])
+def test_a_stored_question_is_recognised_and_nothing_else(target):
+    assert grounding.as_question(grounding.prompt(target)) == grounding.question(target)
+    for text in ["Find <ref>the car</ref> in the image.", "find <ref>the car</ref> in the image. Give its bounding box.",
+                 "Find <ref>a</ref><box>1 2 3 4</box></ref> in the image. Give its bounding box.",
+                 "Find the car in the image. Give its bounding box.", ""]:
+        assert grounding.as_question(text) is None

@@ -99,3 +99,15 @@ def test_conversations_are_private_whatever_the_umask(tmp_path):
         store.save(c)  # replaced
         assert mode_of(store.path(c.id)) == 0o600
     assert store.load(c.id) == c
+
+
+def test_a_find_in_image_question_goes_with_its_ref_tags_as_tokens():
+    """The app keeps its grounding question as text; the library gets it as ``grounding.question``,
+    and anything a person typed as plain text."""
+    from mlx_minicpmv import grounding
+
+    photo = [Attachment("/photos/cat.png", "image")]
+    asked = Message("user", grounding.prompt("the red car"), photo).to_library()
+    assert asked["content"][-1] == grounding.question("the red car")
+    typed = Message("user", "Where is <ref>the dog</ref>?", photo).to_library()
+    assert typed["content"][-1] == {"type": "text", "text": "Where is <ref>the dog</ref>?"}

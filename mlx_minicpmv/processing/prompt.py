@@ -8,6 +8,12 @@ special-token strings inside user and system text are swapped for private-use ma
 template step can take for a token or trim; after expansion the prompt is split at the special
 tokens that remain, which are the template's and the processor's, and each piece between them
 is encoded with the marks put back and ``split_special_tokens``.
+
+One exception, made by the program and never by what a person types: a text item may declare
+grounding tags it holds as tokens (``{"type": "text", "text": ..., "special_tokens": ["<ref>",
+"</ref>"]}``), as ``mlx_minicpmv.grounding.question`` does. The model learned ``<ref>``…``</ref>``
+as those tokens (transformers' processor makes them from any text), and a grounding tag can
+forge no turn and no media. The server and the command lines never set the key.
 """
 
 import re
@@ -80,6 +86,8 @@ def render(tokenizer, messages: List[dict], enable_thinking: bool = False,
 
 
 PROTECTED_ROLES = ("user", "system")
+# What a text item may declare as special tokens: the grounding tags, nothing that makes turns or media.
+DECLARABLE = ("<ref>", "</ref>", "<box>", "</box>", "<quad>", "</quad>", "<point>", "</point>")
 MARK = re.compile("\ue000(\\d+)\ue001")
 
 
@@ -93,20 +101,31 @@ class PlainText:
         self.pattern = re.compile("(" + "|".join(map(re.escape, self.strings)) + ")") if self.strings else None
 
     def protect(self, messages: List[dict]) -> List[dict]:
-        """Copies of ``messages`` whose user and system text has its special-token strings marked."""
+        """Copies of ``messages`` whose user and system text has its special-token strings marked,
+        but for the grounding tags a text item declares (``special_tokens``)."""
         if self.pattern is None:
             return messages
         index = {s: i for i, s in enumerate(self.strings)}
 
-        def mark(text):
-            return self.pattern.sub(lambda m: f"\ue000{index[m.group()]}\ue001", text) if isinstance(text, str) else text
+        def mark(text, keep=()):
+            if not isinstance(text, str):
+                return text
+            return self.pattern.sub(lambda m: m.group() if m.group() in keep else f"\ue000{index[m.group()]}\ue001", text)
+
+        def item_text(item):
+            keep = item.get("special_tokens") or ()
+            wrong = [t for t in keep if t not in DECLARABLE]
+            if isinstance(keep, str) or wrong:
+                raise ValueError(f"a text item may declare only grounding tags ({' '.join(DECLARABLE)}) as special "
+                                 f"tokens, not {wrong or keep!r}")
+            return mark(item["text"], keep)
 
         out = []
         for message in messages:
             if isinstance(message, dict) and message.get("role") in PROTECTED_ROLES:
                 content = message.get("content")
                 if isinstance(content, list):
-                    content = [dict(item, text=mark(item["text"])) if isinstance(item, dict) and "text" in item
+                    content = [dict(item, text=item_text(item)) if isinstance(item, dict) and "text" in item
                                else item for item in content]
                 message = dict(message, content=mark(content))
             out.append(message)
