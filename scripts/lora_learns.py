@@ -28,13 +28,13 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import mlx_minicpmv  # noqa: E402,F401  (picks the BLAS before mlx.core loads)
 
 
-def tiny_model(folder: Path) -> Path:
+def tiny_model(folder: Path, name: str) -> Path:
     from tests.checkpoints import build_checkpoint
     from tests.conftest import CONFIGS
 
     from mlx_minicpmv.convert import convert
 
-    build_checkpoint(folder / "hf", seed=0, **CONFIGS["base"])
+    build_checkpoint(folder / "hf", **{"seed": 0, **CONFIGS[name]})
     out = convert(str(folder / "hf"), str(folder / "mlx"), dtype="float32")
     config = json.loads((out / "preprocessor_config.json").read_text())
     (out / "preprocessor_config.json").write_text(json.dumps(dict(config, scale_resolution=112)))
@@ -62,8 +62,11 @@ def accuracy(pairs) -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Train a tiny model on the colour task and measure held-out accuracy.")
     parser.add_argument("--video", action="store_true", help="Videos as well as pictures.")
+    parser.add_argument("--config", default="alt", help="The tiny config of tests/conftest.py (default alt: it "
+                        "has an attention layer first; the random DeltaNet layers forget within a token or two).")
+    parser.add_argument("--fine-tune-type", default="lora", choices=["lora", "dora", "full"])
     parser.add_argument("--iters", type=int, default=400)
-    parser.add_argument("--learning-rate", default="1e-2")
+    parser.add_argument("--learning-rate", default="1e-3")
     parser.add_argument("--train", type=int, default=64)
     parser.add_argument("--test", type=int, default=32)
     parser.add_argument("--target", type=float, default=0.9)
@@ -75,12 +78,13 @@ def main(argv=None) -> int:
     from mlx_minicpmv.tuner import fuse, lora
 
     root = Path(args.keep or tempfile.mkdtemp(prefix="lora-learns-"))
-    model_path = tiny_model(root)
+    model_path = tiny_model(root, args.config)
     data = colour_task.make(root / "data", train=args.train, valid=8, test=args.test, videos=args.video)
     base = accuracy(answers(*load(model_path), data))
     start = time.perf_counter()
     code = lora.main(["--model", str(model_path), "--train", "--data", str(data), "--iters", str(args.iters),
                       "--batch-size", "4", "--num-layers", "-1", "--learning-rate", args.learning_rate,
+                      "--fine-tune-type", args.fine_tune_type,
                       "--steps-per-report", "50", "--steps-per-eval", "100", "--adapter-path", str(root / "adapters")])
     if code:
         return code

@@ -18,6 +18,7 @@ from mlx.utils import tree_flatten, tree_map_with_path
 from mlx_minicpmv.loading import load_model
 from mlx_minicpmv.tuner import adapters, data, trainer
 from mlx_minicpmv.tuner import lora as lora_command
+from tests.conftest import tiny_model
 from tests.media import noise_image
 
 GRAD_TOL = 1e-4  # relative, per tensor: ||ours - reference|| / ||reference||
@@ -73,11 +74,16 @@ def torch_loss(hf, batch):
 
     ids = torch.from_numpy(np.array(batch.ids)).long()
     mask = torch.from_numpy(np.array(batch.mask))[:, 1:]
-    logits = hf(input_ids=ids[:, :-1], pixel_values=torch.from_numpy(np.array(batch.media["pixel_values"])),
+    types = {}
+    if hf.config.model_type == "minicpmv4_7":  # its canvas comes from the token types (parity.token_types)
+        pads = (hf.config.image_token_id, hf.config.video_token_id)
+        types = dict(mm_token_type_ids=torch.where(ids[:, :-1] == pads[0], 1, torch.where(ids[:, :-1] == pads[1], 2, 0)))
+    dtype = next(hf.parameters()).dtype
+    logits = hf(input_ids=ids[:, :-1], pixel_values=torch.from_numpy(np.array(batch.media["pixel_values"])).to(dtype),
                 target_sizes=torch.from_numpy(np.array(batch.media["target_sizes"])),
-                downsample_mode=hf.config.downsample_mode).logits
-    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
-    return (ce * mask.flatten()).sum() / mask.sum()
+                downsample_mode=hf.config.downsample_mode, **types).logits
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
+    return (ce * mask.flatten().to(dtype)).sum() / mask.sum()
 
 
 def relative_error(ours, reference) -> float:
@@ -85,13 +91,40 @@ def relative_error(ours, reference) -> float:
     return float(np.linalg.norm(ours - reference) / np.linalg.norm(reference))
 
 
-def test_lora_gradients_equal_peft(tiny, folder):
+def peft_grads(hf, ours: dict, batch):
+    """The masked loss and the LoRA gradients of transformers + PEFT with our adapter weights
+    (in ``hf``'s precision), under our names and layouts."""
     import torch
     from peft import LoraConfig, get_peft_model
 
+    dtype = next(hf.parameters()).dtype
+    modules = sorted({k.rsplit(".", 1)[0] for k in ours})
+    peft_model = get_peft_model(copy.deepcopy(hf), LoraConfig(
+        r=LORA["rank"], lora_alpha=LORA["scale"] * LORA["rank"], lora_dropout=0.0,
+        target_modules=[f"model.{m}" for m in modules]))
+    named = dict(peft_model.base_model.model.named_modules())
+    with torch.no_grad():
+        for m in modules:
+            layer = named[f"model.{m}"]
+            layer.lora_A["default"].weight.copy_(torch.from_numpy(np.array(ours[f"{m}.lora_a"]).T).to(dtype))
+            layer.lora_B["default"].weight.copy_(torch.from_numpy(np.array(ours[f"{m}.lora_b"]).T).to(dtype))
+    value = torch_loss(peft_model, batch)
+    value.backward()
+    grads = {}
+    for m in modules:
+        layer = named[f"model.{m}"]
+        grads[f"{m}.lora_a"] = layer.lora_A["default"].weight.grad.numpy().T
+        grads[f"{m}.lora_b"] = layer.lora_B["default"].weight.grad.numpy().T
+    return value.item(), grads
+
+
+@pytest.mark.parametrize("name", ["base", "canvas"])  # 4.6, and 4.7 with its canvas positions
+def test_lora_gradients_equal_peft(request, torch_threads, folder, name):
+    tiny = tiny_model(request, name)
     _, processor = tiny.load(cpu_kernels=False)
     batch = one_batch(processor, folder)
     model = fresh_model(tiny)
+    mx.random.seed(0)  # lora_a's initial values (the bounds are met for any, but a test is reproducible)
     adapters.apply(model, "lora", -1, LORA)
     # lora_b starts at zero (so would lora_a's gradient): move it off, the same on both sides
     rng = np.random.default_rng(0)
@@ -103,26 +136,25 @@ def test_lora_gradients_equal_peft(tiny, folder):
     assert all(k.startswith("language_model.layers.") for k in grads)  # the tower and mergers stay frozen
 
     ours = dict(tree_flatten(model.trainable_parameters()))
-    modules = sorted({k.rsplit(".", 1)[0] for k in ours})
-    hf = copy.deepcopy(tiny.hf)
-    peft_model = get_peft_model(hf, LoraConfig(r=LORA["rank"], lora_alpha=LORA["scale"] * LORA["rank"],
-                                               lora_dropout=0.0, target_modules=[f"model.{m}" for m in modules]))
-    named = dict(peft_model.base_model.model.named_modules())
-    with torch.no_grad():
-        for m in modules:
-            layer = named[f"model.{m}"]
-            layer.lora_A["default"].weight.copy_(torch.from_numpy(np.array(ours[f"{m}.lora_a"]).T))
-            layer.lora_B["default"].weight.copy_(torch.from_numpy(np.array(ours[f"{m}.lora_b"]).T))
-    reference = torch_loss(peft_model, batch)
-    reference.backward()
-    assert value == pytest.approx(reference.item(), rel=1e-5)
-    errors = {}
-    for m in modules:
-        layer = named[f"model.{m}"]
-        errors[f"{m}.lora_a"] = relative_error(grads[f"{m}.lora_a"], layer.lora_A["default"].weight.grad.numpy().T)
-        errors[f"{m}.lora_b"] = relative_error(grads[f"{m}.lora_b"], layer.lora_B["default"].weight.grad.numpy().T)
-    worst = max(errors, key=errors.get)
-    assert errors[worst] < GRAD_TOL, (worst, errors[worst])
+    ref_value, reference = peft_grads(tiny.hf, ours, batch)
+    assert value == pytest.approx(ref_value, rel=1e-5)
+    # All the adapter gradients together, as the issue states the bound, then each tensor. Where
+    # the random model amplifies rounding (4.7's does most), the reference's own fp32 is that far
+    # from its float64: then ours may be as far from the float64 as that (twice, for the rounding
+    # of two fp32 computations), as the parity tests hold the logits.
+    def flat(g):
+        return np.concatenate([np.asarray(g[k], np.float64).ravel() for k in sorted(grads)])
+
+    loose = [k for k in grads if relative_error(grads[k], reference[k]) >= GRAD_TOL]
+    if relative_error(flat(grads), flat(reference)) >= GRAD_TOL:
+        loose.append("all")
+    if loose:
+        _, exact = peft_grads(tiny.hf64, ours, batch)
+        grads, reference, exact = ({**g, "all": flat(g)} for g in (grads, reference, exact))
+        far = {k: (relative_error(grads[k], exact[k]), relative_error(reference[k], exact[k])) for k in loose}
+        worst = max(far, key=lambda k: far[k][0] / far[k][1])
+        assert far[worst][0] <= 2 * far[worst][1], (worst, far[worst])
+        grads = {k: v for k, v in grads.items() if k != "all"}
 
     # Gradient checkpointing recomputes the same activations: the same gradients
     trainer.checkpoint_layers(model.language_model.layers)

@@ -16,6 +16,7 @@ copies). What differs, and why:
   the vision tower other shapes.
 """
 
+import copy
 import functools
 import math
 import time
@@ -77,16 +78,38 @@ def loss(model, ids: mx.array, mask: mx.array, media: dict):
 
 
 # -- gradient checkpointing ---------------------------------------------------------------------
+def fork(cache):
+    """A copy of a layer cache's state that a call can advance without touching ``cache``."""
+    copied = copy.copy(cache)
+    for key, value in vars(copied).items():
+        if isinstance(value, list):
+            setattr(copied, key, list(value))
+    return copied
+
+
 @functools.lru_cache(maxsize=None)
 def checkpointed_class(cls: type) -> type:
-    """``cls`` whose call recomputes its activations in the backward (``mx.checkpoint``)."""
+    """``cls`` whose call recomputes its activations in the backward (``mx.checkpoint``).
 
-    def __call__(self, *args, **kwargs):
+    A layer cache (4.7 trains through one: it carries the canvas positions) is advanced by
+    the call, so the recomputation would start from the state the first run left: each run
+    starts from a copy of the state before, and the cache takes the first run's state after.
+    """
+
+    def __call__(self, *args, cache=None, **kwargs):
+        before = fork(cache) if cache is not None else None
+        runs = []
+
         def inner(params, *args, **kwargs):
             self.update(params)
-            return cls.__call__(self, *args, **kwargs)
+            state = fork(before) if before is not None else None
+            runs.append(state)
+            return cls.__call__(self, *args, cache=state, **kwargs)
 
-        return mx.checkpoint(inner)(self.trainable_parameters(), *args, **kwargs)
+        out = mx.checkpoint(inner)(self.trainable_parameters(), *args, **kwargs)
+        if cache is not None:
+            vars(cache).update(vars(runs[0]))
+        return out
 
     return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__, "checkpoints": cls})
 
