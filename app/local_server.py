@@ -92,6 +92,7 @@ class LocalServer(QObject):
         if error is None:
             self.started.emit(future.result())  # queued to the GUI thread: this one is the worker's
         else:
+            self.wanted = None  # so that OK in Settings tries again
             self.failed.emit(f"The local server could not start: {error}")
 
     def _stop_job(self, _model=None, _processor=None) -> None:

@@ -139,5 +139,11 @@ def test_the_server_follows_the_loaded_model_and_says_why_it_cannot_start(qtbot,
         assert f"cannot listen on 127.0.0.1:{busy}" in failed.args[0] and "choose another port" in failed.args[0]
         qtbot.waitUntil(lambda: not window.serving.isVisible(), timeout=WAIT)
         assert "choose another port" in window.statusBar().currentMessage()
+    turn_on_server(qtbot, window, port, "")  # the port is free again: OK in Settings tries again
+    assert [m.id for m in in_background(qtbot, client.models.list).data] == [alt_tiny.mlx_path.name]
+    window.open_settings()
+    window.settings_dialog.serve.setChecked(False)
+    with qtbot.waitSignal(window.local_server.stopped, timeout=WAIT):
+        window.settings_dialog.buttons.button(QDialogButtonBox.Ok).click()
     with pytest.raises(httpx.ConnectError):
         httpx.get(address + "/models", timeout=5)
