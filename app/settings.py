@@ -27,6 +27,13 @@ class Settings:
                     enable_thinking=self.thinking, downsample_mode=self.downsample_mode,
                     max_slice_nums=self.max_slice_nums, max_num_frames=self.max_frames, fps=self.fps)
 
+    def summary_options(self) -> dict:
+        """What a video summary takes of the settings: every question it asks gets the system
+        prompt, the detail level and thinking, as a chat question does."""
+        return dict(frames_per_segment=max(1, min(16, self.max_frames // 8)), temperature=self.temperature,
+                    top_p=self.top_p, system=self.system_prompt or None, downsample_mode=self.downsample_mode,
+                    enable_thinking=self.thinking)
+
 
 def load_settings(store: QSettings) -> Settings:
     values = {}

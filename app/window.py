@@ -379,9 +379,7 @@ class MainWindow(QMainWindow):
         self.history.save(self.conversation)
         self.refresh_chats()
         self.render()
-        s = self.settings
-        self.requestSummary.emit(self.conversation.id, path, dict(frames_per_segment=max(1, min(16, s.max_frames // 8)),
-                                                                  temperature=s.temperature, top_p=s.top_p))
+        self.requestSummary.emit(self.conversation.id, path, self.settings.summary_options())
 
     def on_summary_progress(self, stage: str, done: int, total: int, eta: float):
         left = f", about {clock(eta)} left" if eta >= 0 else ""

@@ -309,9 +309,10 @@ def test_find_in_image_asks_for_boxes(qtbot, home, tiny, photo, prompts):
     assert ids.count(window.worker.processor.tokenizer.convert_tokens_to_ids("<ref>")) == 1
 
 
-def test_video_without_a_question_is_summarised_as_a_timeline(qtbot, home, tiny, tmp_path, monkeypatch):
+def test_video_without_a_question_is_summarised_as_a_timeline(qtbot, home, tiny, tmp_path, monkeypatch, prompts):
     window = open_window(qtbot, home, tiny.mlx_path)
     window.settings.max_frames = 16
+    window.settings.system_prompt = "Answer in French."  # the summary's questions get it, as a chat's do
     video = make_video(tmp_path / "trip.mp4", seconds=12.0, fps=10, scenes=(0, 1, 2))
     with qtbot.waitSignal(window.worker.frames, timeout=WAIT):
         drop(window.drop_area, [video])
@@ -323,6 +324,8 @@ def test_video_without_a_question_is_summarised_as_a_timeline(qtbot, home, tiny,
             window.composer.send_button.click()
     summary = done.args[0]
     settle(qtbot, window)
+    decode = window.worker.processor.tokenizer.decode
+    assert prompts and all("Answer in French." in decode(p.input_ids.tolist()[0]) for p in prompts)
     assert chapters and [c.title for c in chapters] == [c.title for c in summary.chapters]
     timeline = answer_card(window).timeline
     assert [card.start for card in timeline.cards] == [c.start for c in summary.chapters]
