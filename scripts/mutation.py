@@ -1,5 +1,7 @@
 """Mutation testing with cosmic-ray: do the tests catch small, plausible bugs?
 
+    pip install -e ".[test,mutation]"                          # cosmic-ray, once
+
     nice python scripts/mutation.py --out /tmp/mut-head        # HEAD, a sample of each group's mutants
     nice python scripts/mutation.py --rev 2f947fb --out /tmp/mut-old   # the same sample rules on another commit
     nice python scripts/mutation.py --survivors-of /tmp/mut-old --out /tmp/mut-new  # only what survived there
