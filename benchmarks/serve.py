@@ -189,11 +189,18 @@ from mlx_minicpmv.server.sequence import Job
 
 model, processor = load(sys.argv[1])
 sizes, rounds, steps = json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-few_rows = gemv_layers.few_rows
+one_row, few_rows = gemv_layers.one_row, gemv_layers.few_rows
+never = lambda x: False  # noqa: E731
 
 
-def step_ms(batch, rows_kernel):
-    gemv_layers.few_rows = few_rows if rows_kernel else (lambda x: False)
+def step_ms(batch, mode):
+    # "gemv": as loaded (one row through OpenBLAS's sgemv, 2-8 through rows_matmul); "rows":
+    # rows_matmul for one row too; "gemm": MLX's matmul for every row count.
+    gemv_layers.one_row = one_row if mode == "gemv" else never
+    gemv_layers.few_rows = never if mode == "gemm" else few_rows
+    for layer in model.language_model.modules():  # a compiled decode step keeps the matmuls it was traced with
+        if getattr(layer, "_decode_step", None) is not None:
+            object.__setattr__(layer, "_decode_step", None)
     scheduler = Scheduler(model, processor, max_concurrency=batch)
     for i in range(batch):
         scheduler.submit(Job([{"role": "user", "content": f"Write a long story about a fox ({i})."}],
@@ -208,23 +215,24 @@ def step_ms(batch, rows_kernel):
     return 1e3 * (time.perf_counter() - tic) / steps
 
 
-times = {f"{b}/{k}": [] for b in sizes for k in ("rows", "gemm")}
+modes = {b: ("gemv", "rows", "gemm") if b == 1 else ("rows", "gemm") for b in sizes}
+times = {f"{b}/{m}": [] for b in sizes for m in modes[b]}
 for _ in range(rounds):  # round robin, so that the machine's load falls on every figure alike
     for b in sizes:
-        for kernel in ("rows", "gemm"):
-            if b > 1 or kernel == "rows":
-                times[f"{b}/{kernel}"].append(step_ms(b, kernel == "rows"))
+        for m in modes[b]:
+            times[f"{b}/{m}"].append(step_ms(b, m))
+            print(f"{b} rows, {m}: {times[f'{b}/{m}'][-1]:.1f} ms a step", file=sys.stderr, flush=True)
 print("STEPS " + json.dumps({k: statistics.median(v) for k, v in times.items() if v}))
 """
 
 
 def decode_steps(model: Path, sizes, rounds: int, steps: int) -> dict:
-    """The server's decode step in-process (no HTTP), by batch size, with the rows kernel
-    (cpu/kernels' rows_matmul) and without it (MLX's GEMM): medians over alternating rounds."""
+    """The server's decode step in-process (no HTTP), by batch size: as loaded, with cpu/kernels'
+    rows_matmul for one row too, and with MLX's GEMM throughout; medians over alternating rounds."""
     proc = subprocess.run([sys.executable, "-c", STEPS, str(model), json.dumps(sizes), str(rounds), str(steps)],
-                          capture_output=True, text=True, cwd=ROOT)
+                          stdout=subprocess.PIPE, text=True, cwd=ROOT)  # progress on stderr, as it comes
     if proc.returncode:
-        raise RuntimeError(proc.stderr[-2000:])
+        raise RuntimeError(f"the step timing failed ({proc.returncode}); its error is above")
     return json.loads(proc.stdout.split("STEPS ")[-1])
 
 
@@ -313,7 +321,8 @@ def main():
     parser.add_argument("--variant", default="float32")
     parser.add_argument("--skip-video", action="store_true")
     parser.add_argument("--steps-only", action="store_true",
-                        help="only the in-process decode step by batch size, rows kernel on and off (no server)")
+                        help="only the in-process decode step by batch size: as loaded, all through the rows "
+                             "kernel, all through MLX's GEMM (no server)")
     parser.add_argument("--step-rounds", type=int, default=3)
     parser.add_argument("--video-timeout-s", type=float, default=600,
                         help="give up on a video question after this long (reported as such)")
@@ -334,12 +343,12 @@ def main():
         print("load before:", machine_load(), flush=True)
         ms = decode_steps(out / f"mlx-{args.variant}", args.streams, args.step_rounds, 16)
         print("load after:", machine_load(), flush=True)
+        names = {"gemv": "as loaded", "rows": "rows kernel", "gemm": "MLX GEMM"}
         print(f"{'decode step, in-process':36}{'ms/step':>10}{'tokens/s':>10}{'x 1 stream':>12}")
         for key, value in ms.items():
-            b = int(key.split("/")[0])
-            rate = b * 1e3 / value
-            print(f"{b} stream(s), {'rows kernel' if key.endswith('rows') else 'MLX GEMM':21}{value:>10.1f}"
-                  f"{rate:>10.2f}{rate / (1e3 / ms['1/rows']):>12.2f}")
+            b, mode = key.split("/")
+            rate = int(b) * 1e3 / value
+            print(f"{b} stream(s), {names[mode]:21}{value:>10.1f}{rate:>10.2f}{rate / (1e3 / ms['1/gemv']):>12.2f}")
         return
     media = out / "media"
     if not args.skip_video:
