@@ -19,7 +19,7 @@ from mlx_minicpmv.loading import load_model
 from mlx_minicpmv.tuner import adapters, data, trainer
 from mlx_minicpmv.tuner import lora as lora_command
 from tests.conftest import tiny_model
-from tests.media import noise_image
+from tests.media import make_video, noise_image
 
 GRAD_TOL = 1e-4  # relative, per tensor: ||ours - reference|| / ||reference||
 LORA = {"rank": 4, "scale": 2.0, "dropout": 0.0}
@@ -46,6 +46,10 @@ def folder(tmp_path_factory):
     noise_image(160, 240, seed=4).save(root / "img" / "b.png")
     for split in data.SPLITS:
         write_jsonl(root / f"{split}.jsonl", [image_example("img/a.png")])
+    make_video(root / "img" / "clip.mp4", seconds=2.2, fps=5, width=96, height=64)
+    write_jsonl(root / "video.jsonl", [{"messages": [
+        {"role": "user", "content": [{"type": "video", "video": "img/clip.mp4"}, {"type": "text", "text": "Summarise the video."}]},
+        {"role": "assistant", "content": "A person walks into a kitchen."}]}])
     return root
 
 
@@ -54,9 +58,9 @@ def fresh_model(tiny):
     return load_model(tiny.mlx_path, cpu_kernels=False)
 
 
-def one_batch(processor, folder, **options):
-    sets = data.load_datasets(folder, processor, ["train"], **options)
-    return next(data.iterate_batches(sets["train"], 1))
+def one_batch(processor, folder, split="train", **options):
+    sets = data.load_datasets(folder, processor, [split], **options)
+    return next(data.iterate_batches(sets[split], 1))
 
 
 def our_grads(model, batch, frozen=True):
@@ -79,9 +83,9 @@ def torch_loss(hf, batch):
         pads = (hf.config.image_token_id, hf.config.video_token_id)
         types = dict(mm_token_type_ids=torch.where(ids[:, :-1] == pads[0], 1, torch.where(ids[:, :-1] == pads[1], 2, 0)))
     dtype = next(hf.parameters()).dtype
-    logits = hf(input_ids=ids[:, :-1], pixel_values=torch.from_numpy(np.array(batch.media["pixel_values"])).to(dtype),
-                target_sizes=torch.from_numpy(np.array(batch.media["target_sizes"])),
-                downsample_mode=hf.config.downsample_mode, **types).logits
+    media = {k: torch.from_numpy(np.array(v)) for k, v in batch.media.items()}
+    media = {k: v.to(dtype) if k.startswith("pixel") else v for k, v in media.items()}
+    logits = hf(input_ids=ids[:, :-1], downsample_mode=hf.config.downsample_mode, **media, **types).logits
     ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="none")
     return (ce * mask.flatten().to(dtype)).sum() / mask.sum()
 
@@ -118,11 +122,13 @@ def peft_grads(hf, ours: dict, batch):
     return value.item(), grads
 
 
-@pytest.mark.parametrize("name", ["base", "canvas"])  # 4.6, and 4.7 with its canvas positions
-def test_lora_gradients_equal_peft(request, torch_threads, folder, name):
+@pytest.mark.parametrize("name, split", [("base", "train"), ("canvas", "train"), ("base", "video")])
+def test_lora_gradients_equal_peft(request, torch_threads, folder, name, split):
+    """4.6 and 4.7 (canvas positions) on an image question; 4.6 on a video question."""
     tiny = tiny_model(request, name)
     _, processor = tiny.load(cpu_kernels=False)
-    batch = one_batch(processor, folder)
+    batch = one_batch(processor, folder, split)
+    assert ("pixel_values_videos" in batch.media) == (split == "video")
     model = fresh_model(tiny)
     mx.random.seed(0)  # lora_a's initial values (the bounds are met for any, but a test is reproducible)
     adapters.apply(model, "lora", -1, LORA)
