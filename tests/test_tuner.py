@@ -211,6 +211,15 @@ def test_full_fine_tuning_gradients_equal_torch_autograd(tiny, folder):
     worst = max(errors, key=errors.get)
     assert errors[worst] < GRAD_TOL, (worst, errors[worst])
 
+    # Checkpointing the decoder and vision layers changes no gradient
+    layers = trainer.checkpointed_layers(model, train_vision=True)
+    trainer.checkpoint_layers(layers)
+    try:
+        _, again = our_grads(model, batch, frozen=False)
+    finally:
+        trainer.uncheckpoint_layers(layers)
+    assert max(relative_error(again[k], grads[k]) for k in grads if k not in zero) < 1e-5
+
 
 # -- the data -----------------------------------------------------------------------------------
 def masked_text(processor, encoded) -> str:

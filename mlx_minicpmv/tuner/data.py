@@ -67,10 +67,6 @@ class Batch:
     media: dict
     downsample_mode: Optional[str] = None
 
-    @property
-    def tokens(self) -> int:
-        return int(self.mask[:, 1:].sum().item())
-
 
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)

@@ -96,16 +96,18 @@ def checkpointed_class(cls: type) -> type:
     starts from a copy of the state before, and the cache takes the first run's state after.
     """
 
-    def __call__(self, *args, cache=None, **kwargs):
-        before = fork(cache) if cache is not None else None
+    def __call__(self, *args, **kwargs):
+        cache = kwargs.pop("cache", None)
         runs = []
 
         def inner(params, *args, **kwargs):
             self.update(params)
-            state = fork(before) if before is not None else None
-            runs.append(state)
-            return cls.__call__(self, *args, cache=state, **kwargs)
+            if cache is not None:
+                runs.append(fork(before))
+                kwargs = dict(kwargs, cache=runs[-1])
+            return cls.__call__(self, *args, **kwargs)
 
+        before = fork(cache) if cache is not None else None
         out = mx.checkpoint(inner)(self.trainable_parameters(), *args, **kwargs)
         if cache is not None:
             vars(cache).update(vars(runs[0]))
@@ -135,7 +137,7 @@ def checkpointed_layers(model, train_vision: bool) -> list:
 
 
 # -- evaluation ---------------------------------------------------------------------------------
-def evaluate(model, dataset: ChatDataset, batch_size: int, num_batches: int = -1, frozen_vision: bool = True) -> float:
+def evaluate(model, dataset: ChatDataset, batch_size: int, num_batches: int = -1) -> float:
     """Mean loss per answer token over ``num_batches`` batches (-1: all)."""
     model.eval()
     total, ntokens = mx.array(0.0), mx.array(0.0)
