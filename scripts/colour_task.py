@@ -33,11 +33,12 @@ def draw_shape(draw, kind: str, box, fill) -> None:
 
 
 def picture(rng: random.Random, size: int):
-    """A picture and the colour of its largest shape (drawn last, so it is never hidden)."""
+    """A picture and the colour of its largest shape (drawn last, so never hidden)."""
     from PIL import Image, ImageDraw
 
     names = rng.sample(sorted(COLOURS), rng.choice([2, 3]))
-    sides = sorted(rng.sample(range(size // 6, size // 2), len(names)))  # distinct sizes, largest last
+    # The largest clearly so (more than half the side, the others under a third), and drawn last
+    sides = sorted(rng.sample(range(size // 8, size // 3), len(names) - 1)) + [rng.randint(size * 11 // 20, size * 17 // 20)]
     image = Image.new("RGB", (size, size), tuple(rng.randint(225, 255) for _ in range(3)))
     draw = ImageDraw.Draw(image)
     for name, side in zip(names, sides):
