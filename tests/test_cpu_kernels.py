@@ -74,8 +74,8 @@ def test_rows_matmul_equals_mlx(ext, isa, rows):
 
 
 def test_a_batch_decode_step_reads_the_weights_through_the_rows_kernel(ext, monkeypatch):
-    """GemvLinear and the tied head: one row through the GEMV, 2-8 through rows_matmul, more
-    through MLX's GEMM; the same numbers on each path."""
+    """GemvLinear and the tied head: one row through the GEMV, 2 to FEW_ROWS through rows_matmul,
+    more through MLX's GEMM; the same numbers on each path."""
     from mlx_minicpmv.cpu.gemv_layers import GemvEmbedding, GemvLinear
 
     if gemv.load() is None:
@@ -84,11 +84,13 @@ def test_a_batch_decode_step_reads_the_weights_through_the_rows_kernel(ext, monk
     called = []
     real = cpu_kernels.rows_matmul
     monkeypatch.setattr(cpu_kernels, "rows_matmul", lambda x, w: called.append(x.shape) or real(x, w))
-    for n in (1, 4, 8, 9):
+    from mlx_minicpmv.cpu.gemv_layers import FEW_ROWS
+
+    for n in (1, 4, FEW_ROWS, FEW_ROWS + 1):
         x = mx.random.normal((n, 1, 100), key=mx.random.key(n))
         close(layer(x), x @ layer.weight.T + layer.bias)
         close(head.as_linear(x), x @ head.weight.T)
-    assert called == [(4, 1, 100), (4, 1, 100), (8, 1, 100), (8, 1, 100)]
+    assert called == [(4, 1, 100), (4, 1, 100), (FEW_ROWS, 1, 100), (FEW_ROWS, 1, 100)]
 
 
 def test_fp16_subnormals_and_the_tiled_gemm_over_several_tiles(ext):

@@ -4,9 +4,9 @@ MLX's CPU matmul is always a GEMM; for one decoded token the GEMV extension (``c
 ~3.5x faster. A batch's decode step (2-8 rows, the server's concurrent requests) goes through
 ``cpu/kernels``' ``rows_matmul``, which reads each weight once for all the rows, where the GEMM
 packs the weights first (for the 32k x 1024 head at 8 rows 60 ms against MLX's 132 ms and 8 x
-36 ms one row at a time, measured on a loaded 2-core machine). Calls with more rows (prefill,
-vision) keep MLX's GEMM. Where the extension cannot be had, the tied head is held transposed
-instead (``transpose_tied_head``).
+36 ms one row at a time, measured on a loaded 2-core machine); so do short prefill chunks, up to
+``FEW_ROWS`` rows. Calls with more rows (long prompts, vision) keep MLX's GEMM. Where the
+extension cannot be had, the tied head is held transposed instead (``transpose_tied_head``).
 """
 
 import mlx.core as mx
@@ -20,8 +20,15 @@ def one_row(x: mx.array) -> bool:
     return x.size == x.shape[-1]
 
 
+# Up to this many rows go through rows_matmul (in passes of kernels.MAX_ROWS): a short prompt's
+# prefill chunk too, measured with benchmarks/serve.py's model. On the loaded 2-core machine a 31-token chunk of the small serve.py model took
+# 4.5-9.6 s through MLX's GEMM (OpenBLAS's threads wait on the busy cores), and on two idle cores
+# four passes of streamed weights are no more work than the GEMM's packing and compute.
+FEW_ROWS = 32
+
+
 def few_rows(x: mx.array) -> bool:
-    return x.size <= kernels.MAX_ROWS * x.shape[-1] and kernels.load() is not None
+    return x.size <= FEW_ROWS * x.shape[-1] and kernels.load() is not None
 
 
 def decode_matmul(x: mx.array, weight: mx.array):
