@@ -21,6 +21,7 @@ class Settings:
     serve: bool = False  # the OpenAI-compatible server on the loaded model (app/local_server.py)
     serve_port: int = 8080
     serve_key: str = ""  # required as "Authorization: Bearer KEY" when set
+    adapter_path: str = ""  # fine-tuned adapters (python -m mlx_minicpmv lora) put on the model at load
 
     def generation_options(self) -> dict:
         return dict(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,

@@ -2,8 +2,8 @@
 
 from dataclasses import replace
 
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout,
-                               QLineEdit, QPlainTextEdit, QSpinBox)
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFileDialog,
+                               QFormLayout, QHBoxLayout, QLineEdit, QPlainTextEdit, QPushButton, QSpinBox, QWidget)
 
 from .settings import Settings
 
@@ -43,6 +43,18 @@ class SettingsDialog(QDialog):
         self.serve.toggled.connect(self.key.setEnabled)
         self.port.setEnabled(settings.serve)
         self.key.setEnabled(settings.serve)
+        self.adapter = QLineEdit(settings.adapter_path)
+        self.adapter.setPlaceholderText("None: the model as converted")
+        self.adapter.setToolTip("A folder that python -m mlx_minicpmv lora wrote (adapters.safetensors and "
+                                "adapter_config.json); the model is loaded again with it")
+        self.adapter.setClearButtonEnabled(True)
+        self.adapter_button = QPushButton("Choose…")
+        self.adapter_button.clicked.connect(self.choose_adapter)
+        adapter_row = QWidget()
+        row = QHBoxLayout(adapter_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.adapter, 1)
+        row.addWidget(self.adapter_button)
         form = QFormLayout(self)
         form.setContentsMargins(20, 20, 20, 16)
         form.setSpacing(10)
@@ -55,6 +67,7 @@ class SettingsDialog(QDialog):
         form.addRow("Video frames (at most)", self.frames)
         form.addRow("Video frames per second", self.fps)
         form.addRow("System prompt", self.system)
+        form.addRow("Adapter", adapter_row)
         form.addRow("Appearance", self.appearance)
         form.addRow("Local server", self.serve)
         form.addRow("Port", self.port)
@@ -63,6 +76,7 @@ class SettingsDialog(QDialog):
                               ("Thinking", self.thinking), ("Image detail", self.detail),
                               ("Max slices per image", self.slices), ("Video frames (at most)", self.frames),
                               ("Video frames per second", self.fps), ("System prompt", self.system),
+                              ("Adapter folder", self.adapter), ("Choose an adapter folder", self.adapter_button),
                               ("Appearance", self.appearance), ("Serve on localhost", self.serve),
                               ("Server port", self.port), ("Server API key", self.key)):
             widget.setAccessibleName(label)
@@ -71,6 +85,11 @@ class SettingsDialog(QDialog):
         buttons.rejected.connect(self.reject)
         form.addRow(buttons)
 
+    def choose_adapter(self):
+        folder = QFileDialog.getExistingDirectory(self, "Choose a folder of fine-tuned adapters", self.adapter.text())
+        if folder:
+            self.adapter.setText(folder)
+
     def result_settings(self) -> Settings:
         return replace(self.settings, max_tokens=self.max_tokens.value(), temperature=self.temperature.value(),
                        top_p=self.top_p.value(), thinking=self.thinking.isChecked(),
@@ -78,4 +97,5 @@ class SettingsDialog(QDialog):
                        max_slice_nums=self.slices.value(), max_frames=self.frames.value(), fps=self.fps.value(),
                        system_prompt=self.system.toPlainText().strip(),
                        appearance=APPEARANCES[self.appearance.currentIndex()], serve=self.serve.isChecked(),
-                       serve_port=self.port.value(), serve_key=self.key.text().strip())
+                       serve_port=self.port.value(), serve_key=self.key.text().strip(),
+                       adapter_path=self.adapter.text().strip())

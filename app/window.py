@@ -40,6 +40,7 @@ def app_home() -> Path:
 
 class MainWindow(QMainWindow):
     requestLoad = Signal(str)
+    requestAdapter = Signal(str)
     requestDownload = Signal(str, str)
     requestGenerate = Signal(object)
     requestPreview = Signal(str, int, float)
@@ -132,6 +133,7 @@ class MainWindow(QMainWindow):
         self.thread.start()  # last: nothing above may fail with the thread running
         model = model or (self.settings.model_path if self.settings.model_path and
                           Path(self.settings.model_path).exists() else None)
+        self.requestAdapter.emit(self.settings.adapter_path)  # queued first: the load below uses it
         if model:
             self.requestLoad.emit(model)
         self.open_files(files)
@@ -140,6 +142,7 @@ class MainWindow(QMainWindow):
     # -- wiring ---------------------------------------------------------------------------------
     def connect_worker(self):
         w = self.worker
+        self.requestAdapter.connect(w.set_adapter)
         self.requestLoad.connect(w.load)
         self.requestDownload.connect(w.download_and_convert)
         self.requestGenerate.connect(w.generate)
@@ -488,7 +491,12 @@ class MainWindow(QMainWindow):
         self.settings_dialog.open()
 
     def apply_settings(self):
+        adapter = self.settings.adapter_path
         self.settings = self.settings_dialog.result_settings()
+        if self.settings.adapter_path != adapter:
+            self.requestAdapter.emit(self.settings.adapter_path)
+            if self.model_info:  # the loaded model again, with (or without) the adapters
+                self.requestLoad.emit(self.model_info["path"])
         save_settings(self.store, self.settings)
         self.theme.set_appearance(self.settings.appearance)
         self.configure_server()

@@ -13,6 +13,7 @@ import threading
 import traceback
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, List
 
 from PySide6.QtCore import QObject, Signal, Slot
@@ -84,6 +85,7 @@ class ModelWorker(QObject):
         super().__init__()
         self.model = self.processor = None
         self.model_path = ""
+        self.adapter_path = ""  # set by ``set_adapter`` (queued before a load), used by ``load``
         self._cancel = threading.Event()
         self._cache = None
         self._held = None  # (conversation id, the messages the cache holds, the last answer included)
@@ -112,6 +114,11 @@ class ModelWorker(QObject):
 
     # -- jobs (run on the worker thread, through queued signals) --------------------------------
     @Slot(str)
+    def set_adapter(self, path: str) -> None:
+        """The adapters the next ``load`` puts on the model ("" for none)."""
+        self.adapter_path = path
+
+    @Slot(str)
     def load(self, path: str) -> None:
         self._cancel.clear()
         self.loading.emit(path)
@@ -129,10 +136,13 @@ class ModelWorker(QObject):
                 feature_cache.forget(old)
             del old
             self._cache, self._held, self._summary = None, None, (None, None)
-            self.model, self.processor = load(path)
+            self.model, self.processor = load(path, adapter_path=self.adapter_path or None)
             self.model_path = path
             found = describe(path)
-            self.loaded.emit(dict(path=path, name=found.name if found else path,
+            name = found.name if found else path
+            if self.adapter_path:
+                name = f"{name} + {Path(self.adapter_path).name}"
+            self.loaded.emit(dict(path=path, name=name, adapter=self.adapter_path,
                                   precision=found.precision if found else "",
                                   memory=mx.get_active_memory() / 1e9))
         except Exception as e:  # noqa: BLE001 - every failure must reach the window

@@ -213,6 +213,8 @@ def accept_settings(qtbot, window, **values):
             widget.setChecked(value)
         elif name in ("detail", "appearance"):
             widget.setCurrentIndex(value)
+        elif name == "adapter":
+            widget.setText(value)
         else:
             widget.setValue(value)
     dialog.buttons.button(dialog.buttons.StandardButton.Ok).click()
@@ -249,6 +251,45 @@ def test_settings_from_the_dialog_reach_generation(qtbot, home, tiny, photo):
     again = open_window(qtbot, home)
     s = again.settings
     assert (s.max_tokens, s.system_prompt, s.thinking, s.downsample_mode) == (16, "Answer in one word.", True, "4x")
+
+
+def test_an_adapter_chosen_in_settings_is_put_on_the_model(qtbot, home, tiny, tmp_path):
+    """Settings → Adapter loads the model again with a fine-tuning run's adapters (and without
+    them once cleared); the header names it; the choice is kept for the next start."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten, tree_unflatten
+
+    from mlx_minicpmv.loading import load_model
+    from mlx_minicpmv.tuner import adapters
+
+    folder = tmp_path / "colours"
+    folder.mkdir()
+    lora = {"rank": 4, "scale": 2.0, "dropout": 0.0}
+    adapters.save_config({"fine_tune_type": "lora", "num_layers": 2, "lora_parameters": lora}, folder)
+    trained = load_model(tiny.mlx_path, cpu_kernels=False)
+    adapters.apply(trained, "lora", 2, lora)
+    # LoRA starts with B = 0, which changes nothing: give it weights, as training would.
+    trained.update(tree_unflatten([(k, mx.random.normal(v.shape, key=mx.random.key(i)) * 0.5)
+                                   for i, (k, v) in enumerate(tree_flatten(trained.trainable_parameters()))]))
+    adapters.save(trained, folder / adapters.ADAPTER_FILE)
+
+    def lora_layers():
+        return sum(hasattr(m, "lora_a") for _, m in window.worker.model.named_modules())
+
+    window = open_window(qtbot, home, tiny.mlx_path)
+    assert lora_layers() == 0
+    with qtbot.waitSignal(window.worker.loaded, timeout=WAIT):
+        accept_settings(qtbot, window, adapter=str(folder))
+    assert lora_layers() > 0 and "colours" in window.model_info["name"]
+    with qtbot.waitSignal(window.worker.loaded, timeout=WAIT):
+        accept_settings(qtbot, window, adapter="")
+    assert lora_layers() == 0
+    with qtbot.waitSignal(window.worker.loaded, timeout=WAIT):
+        accept_settings(qtbot, window, adapter=str(folder))
+    window.close()
+    again = open_window(qtbot, home, tiny.mlx_path)
+    assert again.settings.adapter_path == str(folder) and sum(
+        hasattr(m, "lora_a") for _, m in again.worker.model.named_modules()) > 0
 
 
 def test_regenerate_answers_the_same_question_again(qtbot, home, tiny, photo):
