@@ -31,6 +31,14 @@ def test_a_question_after_a_summary_gets_the_system_prompt(qtbot, tiny, tmp_path
     (given,) = prompts
     assert given.text.startswith("<|im_start|>system\nAnswer in French.<|im_end|>")
     assert given.video_features is not None, "answered from the frames the summary saw"
+    # A later question in that chat: the window sends the whole history; the newest question is asked.
+    prompts.clear()
+    worker.generate(GenerateRequest("chat", [{"role": "user", "content": "What happens?"},
+                                             {"role": "assistant", "content": "Rien."},
+                                             {"role": "user", "content": "And then?"}],
+                                    dict(max_tokens=2, temperature=0.0), system_prompt="Answer in French."))
+    (given,) = prompts
+    assert "And then?" in given.text and "What happens?" not in given.text
 
 
 def test_an_exported_summary_is_the_persons_file_not_a_private_one(qtbot, tmp_path):
