@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
+from mlx_minicpmv import grounding  # pure: loads no MLX
+
 FENCE = re.compile(r"^```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:^```[ \t]*$|\Z)", re.S | re.M)
 CODE_SPAN = re.compile(r"(`+)(.+?)\1", re.S)
 UNESCAPED_ANGLE = re.compile(r"(?<!\\)<")
@@ -46,8 +48,7 @@ def split_thinking(text: str, started: bool) -> Tuple[Optional[str], str, bool]:
 def readable(text: str) -> str:
     """Grounding tags as words: ``<ref>cat</ref><box>…</box>`` reads "cat" (the boxes are drawn
     on the image instead); other markup stays visible as text."""
-    text = re.sub(r"<ref>(.*?)</ref>", r"**\1**", text, flags=re.S)
-    return re.sub(r"\s*<(box|point|quad)>[^<]*</\1>", "", text)
+    return grounding.strip(text, ref=r"**\1**")
 
 
 def escape_markdown_html(text: str) -> str:

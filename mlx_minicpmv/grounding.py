@@ -133,9 +133,10 @@ def parse(text: str) -> List[Region]:
     return []
 
 
-def strip(text: str) -> str:
-    """The answer for reading: ``<ref>cat</ref><box>…</box>`` becomes ``cat``, bare shapes go."""
-    text = re.sub(r"<ref>(.*?)</ref>", r"\1", text, flags=re.S)
+def strip(text: str, ref: str = r"\1") -> str:
+    """The answer for reading: ``<ref>cat</ref><box>…</box>`` becomes ``cat``, bare shapes go.
+    ``ref`` is the replacement for a ref's words (``r"**\1**"`` makes them bold Markdown)."""
+    text = re.sub(r"<ref>(.*?)</ref>", ref, text, flags=re.S)
     text = re.sub(r"\s*<(box|point|quad)>[^<]*</\1>", "", text)
     return text
 
