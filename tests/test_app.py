@@ -280,9 +280,12 @@ def test_an_adapter_chosen_in_settings_is_put_on_the_model(qtbot, home, tiny, tm
     assert lora_layers() == 0
     with qtbot.waitSignal(window.worker.loaded, timeout=WAIT):
         accept_settings(qtbot, window, adapter=str(folder))
+    # The worker's signal can reach the test before the window's own slot has taken it in.
+    qtbot.waitUntil(lambda: "colours" in window.model_info["name"], timeout=WAIT)
     assert lora_layers() > 0 and "colours" in window.model_info["name"]
     with qtbot.waitSignal(window.worker.loaded, timeout=WAIT):
         accept_settings(qtbot, window, adapter="")
+    qtbot.waitUntil(lambda: "colours" not in window.model_info["name"], timeout=WAIT)
     assert lora_layers() == 0
     with qtbot.waitSignal(window.worker.loaded, timeout=WAIT):
         accept_settings(qtbot, window, adapter=str(folder))
