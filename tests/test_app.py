@@ -291,6 +291,7 @@ def test_an_adapter_chosen_in_settings_is_put_on_the_model(qtbot, home, tiny, tm
         accept_settings(qtbot, window, adapter=str(folder))
     window.close()
     again = open_window(qtbot, home, tiny.mlx_path)
+    qtbot.waitUntil(lambda: "colours" in again.model_info.get("name", ""), timeout=WAIT)
     assert again.settings.adapter_path == str(folder) and sum(
         hasattr(m, "lora_a") for _, m in again.worker.model.named_modules()) > 0
 
