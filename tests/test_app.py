@@ -290,10 +290,16 @@ def test_an_adapter_chosen_in_settings_is_put_on_the_model(qtbot, home, tiny, tm
     with qtbot.waitSignal(window.worker.loaded, timeout=WAIT):
         accept_settings(qtbot, window, adapter=str(folder))
     window.close()
+    # The reopened window loads the remembered model and open_window asks for it once more: the
+    # second load empties worker.model while it runs, so wait for a model that is there and read it once.
     again = open_window(qtbot, home, tiny.mlx_path)
-    qtbot.waitUntil(lambda: "colours" in again.model_info.get("name", ""), timeout=WAIT)
-    assert again.settings.adapter_path == str(folder) and sum(
-        hasattr(m, "lora_a") for _, m in again.worker.model.named_modules()) > 0
+
+    def adapted():
+        model = again.worker.model
+        return model is not None and sum(hasattr(m, "lora_a") for _, m in model.named_modules()) > 0
+
+    qtbot.waitUntil(lambda: "colours" in again.model_info.get("name", "") and adapted(), timeout=WAIT)
+    assert again.settings.adapter_path == str(folder)
 
 
 def test_regenerate_answers_the_same_question_again(qtbot, home, tiny, photo):
