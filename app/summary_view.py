@@ -5,11 +5,7 @@ import re
 from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import QDialog, QLabel, QVBoxLayout
 
-
-def clock(seconds: float) -> str:
-    seconds = int(seconds)
-    h, rest = divmod(seconds, 3600)
-    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+from mlx_minicpmv.summary.export import short as clock  # pure: loads no MLX
 
 
 def escape(text: str) -> str:

@@ -65,7 +65,8 @@ def test_no_device_check_outside_the_cpu_seam():
 
 
 @pytest.mark.parametrize("module", ["mlx_minicpmv.errors", "mlx_minicpmv.files", "mlx_minicpmv.downsample",
-                                    "mlx_minicpmv.cpu"])
+                                    "mlx_minicpmv.cpu", "mlx_minicpmv.grounding",
+                                    "mlx_minicpmv.summary.export"])
 def test_pure_parts_import_without_mlx(module):
     code = f"import sys, {module}; sys.exit(any(m == 'mlx' or m.startswith('mlx.') for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent).returncode == 0
