@@ -4,11 +4,11 @@ The public names are imported on first use, so that importing a small pure part 
 library (``mlx_minicpmv.errors``, ``mlx_minicpmv.files``) loads no MLX.
 """
 
-import importlib
 import sys
 import types
 
 from .cpu import blas
+from .lazy import exports
 
 blas.load()  # before anything imports mlx.core (see cpu/blas.py)
 
@@ -24,17 +24,7 @@ _HOMES = {
 
 __all__ = list(_HOMES) + ["grounding"]
 
-
-def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = exports(__name__, _HOMES)
 
 
 class _Library(types.ModuleType):

@@ -4,7 +4,7 @@ Names are imported on first use, so that the pure parts (``records``, ``export``
 formats times and exports on its GUI thread, where MLX must never be loaded.
 """
 
-import importlib
+from ..lazy import exports
 
 _HOMES = {
     "FORMATS": "export",
@@ -15,14 +15,4 @@ _HOMES = {
 
 __all__ = list(_HOMES)
 
-
-def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = exports(__name__, _HOMES)
