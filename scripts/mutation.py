@@ -6,6 +6,8 @@
     nice python scripts/mutation.py --rev 2f947fb --out /tmp/mut-old   # the same sample rules on another commit
     nice python scripts/mutation.py --survivors-of /tmp/mut-old --out /tmp/mut-new  # only what survived there
     nice python scripts/mutation.py --sample 1 --groups generate  # every mutant of one group
+    nice python scripts/mutation.py --tests-rev 2f947fb --out /tmp/mut-before  # HEAD's code, older tests
+    nice python scripts/mutation.py --groups model --tests tests/test_model_variants.py  # other tests
     python scripts/mutation.py --report OUT_DIR     # print the table of a finished run again
 
 Each group of modules is mutated in a scratch copy of the repository at ``--rev`` (``git
@@ -19,9 +21,14 @@ A whole run is several thousand mutants at 10-60 s each (a pytest process per mu
 default a deterministic sample is run: a mutant is in it when a hash of (file, operator, the
 text of the mutated line, its occurrence among equal lines) falls under the sampling rate, so
 the same mutants are drawn on two commits wherever their line did not change, and kill rates
-before and after a change compare like with like. The run is resumable: run it again with the
+before and after a change compare like with like. ``--tests-rev`` keeps the code at ``--rev``
+and takes ``tests/`` from another commit: the very same mutants judged by older tests, which
+is how a before/after of new tests is measured (older tests that no longer run on the newer
+code, failing or not collected, are left out and named in ``OUT/<group>.meta.json``). The run
+is resumable: run it again with the
 same ``--out`` and it goes on where it stopped. Run it with ``nice``; it takes the machine's
-cores one pytest at a time. Never part of ``.ci/run``.
+cores one pytest at a time; on a shared machine wrap it in the benchmarks' lock
+(``flock /work/.bench.lock nice python scripts/mutation.py ...``). Never part of ``.ci/run``.
 
 Output: ``OUT/<group>.sqlite`` (cosmic-ray's session), ``OUT/report.md`` (kill rate per group
 and every surviving mutant as a diff), ``OUT/report.json``.
@@ -77,21 +84,32 @@ def tool(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def checkout(rev: str, into: Path) -> Path:
-    """The repository's files at ``rev`` (committed state only) in ``into``."""
+def checkout(rev: str, into: Path, paths=()) -> Path:
+    """The repository's files at ``rev`` (committed state only; ``paths`` alone if given) in ``into``."""
     into.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True).stdout
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, *paths], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into
+
+
+def swap_tests(src: Path, rev: str) -> None:
+    """``src/tests`` as it was at ``rev``: the code stays, the tests judging it are the older ones."""
+    shutil.rmtree(src / "tests")
+    checkout(rev, src, ["tests"])
 
 
 def group_files(src: Path, globs):
     return sorted(str(p.relative_to(src)) for g in globs for p in src.glob(g) if p.name != "__init__.py")
 
 
-def write_config(path: Path, files, tests, timeout: float) -> None:
+def pytest_command(tests, deselect=(), exitfirst=True) -> list:
     slow = " or ".join(SLOW)
-    command = " ".join([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests, f"-k 'not ({slow})'"])
+    return [sys.executable, "-m", "pytest", *(["-x"] if exitfirst else []), "-q", "-p", "no:cacheprovider",
+            *tests, f"-k 'not ({slow})'", *(f"--deselect '{t}'" for t in deselect)]
+
+
+def write_config(path: Path, files, tests, timeout: float, deselect=()) -> None:
+    command = " ".join(pytest_command(tests, deselect))
     path.write_text(
         "[cosmic-ray]\n"
         f"module-path = {json.dumps(files)}\n"
@@ -176,29 +194,45 @@ def baseline_seconds(src: Path, config: Path) -> float:
     return time.perf_counter() - tic
 
 
-def wait_for_benchmarks() -> None:
-    """Benchmarks hold /work/.bench.lock (a shared machine): a group starts only when it is free."""
-    lock = Path("/work/.bench.lock")
-    if lock.exists() and shutil.which("flock"):
-        subprocess.run(["flock", str(lock), "true"], check=False)
+def not_running(src: Path, tests) -> tuple:
+    """Older tests (``--tests-rev``) that fail on the clean code, and test files that do not even
+    collect: a mutant cannot be judged by a test that fails without it."""
+    broken = []
+    for t in tests:
+        collect = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", t],
+                                 cwd=src, capture_output=True, text=True)
+        if collect.returncode != 0:
+            broken.append(t)
+    tests = [t for t in tests if t not in broken]
+    if not tests:
+        return tests, broken, []
+    command = " ".join(pytest_command(tests, exitfirst=False)) + " -rf"
+    result = subprocess.run(command, shell=True, cwd=src, capture_output=True, text=True)
+    failing = [line.split()[1] for line in result.stdout.splitlines() if line.startswith(("FAILED ", "ERROR "))]
+    return tests, broken, failing
 
 
-def run_group(name: str, src: Path, out: Path, rate=None, previous=None) -> None:
-    wait_for_benchmarks()
-    files, tests, default_rate = GROUPS[name]
+def run_group(name: str, src: Path, out: Path, rate=None, previous=None, tests=None, older_tests=False) -> None:
+    files, group_tests, default_rate = GROUPS[name]
     rate = default_rate if rate is None else rate
     files = group_files(src, files)
-    tests = [t for t in tests if (src / t).exists()]
+    tests = [t for t in (tests or group_tests) if (src / t).exists()]
     config, db = out / f"{name}.toml", out / f"{name}.sqlite"
     if not db.exists():
-        write_config(config, files, tests, timeout=600)
+        broken, failing = [], []
+        if older_tests:
+            tests, broken, failing = not_running(src, tests)
+        if not tests:
+            raise SystemExit(f"[{name}] none of the group's tests run on this code: {broken}")
+        write_config(config, files, tests, timeout=600, deselect=failing)
         took = baseline_seconds(src, config)
-        write_config(config, files, tests, timeout=max(120.0, 3 * took))
+        write_config(config, files, tests, timeout=max(120.0, 3 * took), deselect=failing)
         subprocess.run([tool("cosmic-ray"), "init", str(config), str(db)], cwd=src, check=True)
         only = survivor_keys(previous, name) if previous else None
         kept, eligible = select(db, src, rate, only)
         (out / f"{name}.meta.json").write_text(json.dumps(dict(
-            files=files, tests=tests, baseline_seconds=round(took, 1), sampled=kept, eligible=eligible)))
+            files=files, tests=tests, baseline_seconds=round(took, 1), sampled=kept, eligible=eligible,
+            left_out=dict(not_collected=broken, failing=failing))))
         print(f"[{name}] {kept} of {eligible} mutants sampled; the clean tests take {took:.0f} s", flush=True)
     subprocess.run([tool("cosmic-ray"), "exec", str(config), str(db)], cwd=src, check=True)
 
@@ -258,6 +292,10 @@ def main(argv=None) -> int:
     parser.add_argument("--survivors-of", type=Path, default=None,
                         help="Run only the mutants that survived in this earlier run (same sample rules): "
                              "what new tests caught, without running again what was caught before.")
+    parser.add_argument("--tests-rev", default=None,
+                        help="Take tests/ from this commit instead of --rev's: the same mutants judged by older tests.")
+    parser.add_argument("--tests", nargs="*", default=None,
+                        help="Test files to run instead of the group's own (GROUPS), e.g. the quickest ones of a slow group.")
     parser.add_argument("--out", type=Path, default=None, help="Where sessions and reports go (default: a new temp dir).")
     parser.add_argument("--report", type=Path, default=None, help="Only print the report of a run in this directory.")
     args = parser.parse_args(argv)
@@ -271,10 +309,13 @@ def main(argv=None) -> int:
     src = out / "src"
     if not src.exists():
         checkout(args.rev, src)
+        if args.tests_rev:
+            swap_tests(src, args.tests_rev)
     rate = args.sample
-    print(f"mutating {args.rev} in {src}; sessions in {out}", flush=True)
+    tests_from = f" judged by the tests of {args.tests_rev}" if args.tests_rev else ""
+    print(f"mutating {args.rev}{tests_from} in {src}; sessions in {out}", flush=True)
     for name in args.groups:
-        run_group(name, src, out, rate, args.survivors_of)
+        run_group(name, src, out, rate, args.survivors_of, args.tests, older_tests=bool(args.tests_rev))
         print(report(out).split("\n\n")[0], flush=True)
     print(report(out))
     return 0
