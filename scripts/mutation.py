@@ -26,7 +26,8 @@ and takes ``tests/`` from another commit: the very same mutants judged by older 
 is how a before/after of new tests is measured (older tests that no longer run on the newer
 code, failing or not collected, are left out and named in ``OUT/<group>.meta.json``). The run
 is resumable: run it again with the
-same ``--out`` and it goes on where it stopped. Run it with ``nice``; it takes the machine's
+same ``--out`` and it goes on where it stopped (``timeout -s INT 840 python scripts/mutation.py
+...`` keeps one sitting under 15 minutes; the next one resumes). Run it with ``nice``; it takes the machine's
 cores one pytest at a time; on a shared machine wrap it in the benchmarks' lock
 (``flock /work/.bench.lock nice python scripts/mutation.py ...``). Never part of ``.ci/run``.
 
@@ -82,6 +83,11 @@ OPERATORS = {f"core/{name}" for name in [
 
 def tool(name: str) -> str:
     return str(Path(sys.executable).parent / name)
+
+
+def commit(rev: str) -> str:
+    return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+                          check=True, capture_output=True, text=True).stdout.strip()
 
 
 def checkout(rev: str, into: Path, paths=()) -> Path:
@@ -212,7 +218,7 @@ def not_running(src: Path, tests) -> tuple:
     return tests, broken, failing
 
 
-def run_group(name: str, src: Path, out: Path, rate=None, previous=None, tests=None, older_tests=False) -> None:
+def run_group(name: str, rev: str, src: Path, out: Path, rate=None, previous=None, tests=None, older_tests=False) -> None:
     files, group_tests, default_rate = GROUPS[name]
     rate = default_rate if rate is None else rate
     files = group_files(src, files)
@@ -227,13 +233,18 @@ def run_group(name: str, src: Path, out: Path, rate=None, previous=None, tests=N
         write_config(config, files, tests, timeout=600, deselect=failing)
         took = baseline_seconds(src, config)
         write_config(config, files, tests, timeout=max(120.0, 3 * took), deselect=failing)
-        subprocess.run([tool("cosmic-ray"), "init", str(config), str(db)], cwd=src, check=True)
+        fresh = db.with_suffix(".init.sqlite")  # becomes the session once sampled: a stop before that starts over
+        fresh.unlink(missing_ok=True)
+        subprocess.run([tool("cosmic-ray"), "init", str(config), str(fresh)], cwd=src, check=True)
         only = survivor_keys(previous, name) if previous else None
-        kept, eligible = select(db, src, rate, only)
+        kept, eligible = select(fresh, src, rate, only)
+        fresh.rename(db)
         (out / f"{name}.meta.json").write_text(json.dumps(dict(
             files=files, tests=tests, baseline_seconds=round(took, 1), sampled=kept, eligible=eligible,
             left_out=dict(not_collected=broken, failing=failing))))
         print(f"[{name}] {kept} of {eligible} mutants sampled; the clean tests take {took:.0f} s", flush=True)
+    # A run stopped mid-mutant (timeout -s INT, Ctrl-C) restores the file, but be sure before resuming.
+    checkout(rev, src, files)
     subprocess.run([tool("cosmic-ray"), "exec", str(config), str(db)], cwd=src, check=True)
 
 
@@ -266,7 +277,12 @@ def results(out: Path) -> dict:
 
 def report(out: Path) -> str:
     table = results(out)
-    lines = ["| group | files | mutants run | killed | kill rate | pending |", "|---|---|---|---|---|---|"]
+    pinned = out / "revs.json"
+    lines = []
+    if pinned.exists():
+        rev, tests_rev = json.loads(pinned.read_text())
+        lines += [f"code at {rev[:10]}, tests at {(tests_rev or rev)[:10]}", ""]
+    lines += ["| group | files | mutants run | killed | kill rate | pending |", "|---|---|---|---|---|---|"]
     for name, r in table.items():
         n = r["killed"] + len(r["survived"])
         rate = f"{100 * r['killed'] / n:.0f}%" if n else "-"
@@ -306,17 +322,22 @@ def main(argv=None) -> int:
         raise SystemExit("git is needed (the run mutates a `git archive` copy of --rev)")
     out = (args.out or Path(tempfile.mkdtemp(prefix="mutation-"))).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    src = out / "src"
-    if not src.exists():
+    src, pinned = out / "src", out / "revs.json"
+    if pinned.exists():  # a resumed run goes on with the commits it started on, wherever HEAD is now
+        args.rev, args.tests_rev = json.loads(pinned.read_text())
+    else:
+        args.rev, args.tests_rev = (commit(r) if r else None for r in (args.rev, args.tests_rev))
+        shutil.rmtree(src, ignore_errors=True)
         checkout(args.rev, src)
         if args.tests_rev:
             swap_tests(src, args.tests_rev)
+        pinned.write_text(json.dumps([args.rev, args.tests_rev]))
     rate = args.sample
     tests_from = f" judged by the tests of {args.tests_rev}" if args.tests_rev else ""
     print(f"mutating {args.rev}{tests_from} in {src}; sessions in {out}", flush=True)
     for name in args.groups:
-        run_group(name, src, out, rate, args.survivors_of, args.tests, older_tests=bool(args.tests_rev))
-        print(report(out).split("\n\n")[0], flush=True)
+        run_group(name, args.rev, src, out, rate, args.survivors_of, args.tests, older_tests=bool(args.tests_rev))
+        print(report(out).split("\n### ")[0], flush=True)
     print(report(out))
     return 0
 
