@@ -117,3 +117,31 @@ def test_the_window_starts_lists_the_others_and_says_which_files_it_skipped(qtbo
     assert window.conversation.title == "Zebras"
     window.close()
     assert all((folder / name).exists() for name in DAMAGED)
+
+
+def test_an_answers_boxes_and_points_come_back_and_malformed_ones_are_dropped(folder):
+    """A reopened conversation draws what the answer found again; a region of the wrong shape in
+    the file is only not drawn, and the conversation still opens."""
+    history = History(folder)
+    found = [("the cat", "box", (0.1, 0.2, 0.5, 0.9)), ("its eye", "point", (0.3, 0.4))]
+    chat = Conversation(title="Cats")
+    chat.add(Message("user", "Find the cat"))
+    chat.add(Message("assistant", "the cat", regions=found))
+    history.save(chat)
+    assert history.load(chat.id).messages[1].regions == found
+    bad = [["ok", "box", [1, 2, 3, 4]], ["short", "box", [1, 2]], ["long", "point", [1, 2, 3]],
+           [7, "box", [1, 2, 3, 4]], ["round", "circle", [1, 2]], ["yes", "point", [1, True]], ["two", "box"]]
+    write(folder, "odd.json", json.dumps({"title": "Odd", "messages": [
+        {"role": "user", "text": "where?"}, {"role": "assistant", "text": "here", "regions": bad}]}))
+    assert history.load("odd").messages[1].regions == [("ok", "box", (1, 2, 3, 4))]
+    assert history.unreported() == []
+
+
+def test_deleting_a_conversation_that_is_already_gone_is_no_error(folder):
+    """Deleted twice (two windows), or never saved (a new chat deleted at once): nothing to do."""
+    history = History(folder)
+    zebras = history.list()[0]
+    history.delete(zebras.id)
+    history.delete(zebras.id)
+    history.delete(Conversation().id)
+    assert history.list() == [] and history.unreported() == []

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import mlx.core as mx
 import numpy as np
@@ -172,8 +173,30 @@ def test_offline_repo_id_fails_in_one_line(tmp_path, capsys, monkeypatch):
 
 def test_command_line_converts(tiny, tmp_path, capsys):
     assert main(["--hf-path", str(tiny.hf_path), "--mlx-path", str(tmp_path / "cli"), "--dtype", "float32"]) == 0
-    assert "Wrote" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Wrote" in out
     assert (tmp_path / "cli" / "model.safetensors").exists()
+    written = sum(f.stat().st_size for f in (tmp_path / "cli").glob("*.safetensors"))
+    said = re.search(r"\(([0-9.]+) GB\)", out)
+    assert said and abs(float(said.group(1)) - written / 1e9) <= 0.005, f"the size said is not the size written: {out}"
+
+
+def test_an_old_model_that_cannot_be_removed_does_not_fail_the_conversion(tiny, tmp_path, monkeypatch):
+    """--force: once the new model is in place, an old copy the system will not delete (a file
+    held open on a network drive) is left hidden beside it; the conversion did not fail."""
+    target = convert(str(tiny.hf_path), str(tmp_path / "m"), dtype="float32")
+    rmdir = os.rmdir
+
+    def refuse_old(path, *args, **kwargs):
+        if ".m.old-" in os.fspath(path):
+            raise PermissionError(13, "Device or resource busy", os.fspath(path))
+        return rmdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rmdir", refuse_old)
+    assert convert(str(tiny.hf_path), str(target), dtype="bfloat16", force=True) == target
+    monkeypatch.undo()
+    assert json.loads((target / "config.json").read_text())["dtype"] == "bfloat16"
+    load(target)
 
 
 # Logit error of each conversion against fp32 on the tiny model: (mean |error| bound, minimum
