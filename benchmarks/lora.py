@@ -1,8 +1,9 @@
-"""One LoRA training step, ours against transformers + PEFT on torch CPU: seconds per step and peak memory.
+"""One LoRA training step, ours against transformers + PEFT on torch CPU and mlx-vlm 0.7.10's trainer:
+seconds per step and peak memory.
 
     python benchmarks/lora.py                       # the full-size random checkpoint (built once, as full_checkpoint.py)
     python benchmarks/lora.py --hf-model DIR        # another HF checkpoint (a tiny one: tests/checkpoints.py)
-    python benchmarks/lora.py --steps 3 --only image
+    python benchmarks/lora.py --steps 3 --only image --impls mlx-vlm --checkpointing plain   # one part of the table
 
 Batch 1: one 448x448 image with ~256 text tokens, and one 8-frame video (8 s at 1 fps) with a short
 question; LoRA rank 8 (scale 20, PEFT's lora_alpha 160) on every linear layer of every decoder layer, the
@@ -10,13 +11,18 @@ tower frozen, the loss on the answer; each with and without gradient checkpointi
 runs in a process of its own (peak RSS is the process's; ours also reports MLX's own peak); the first
 step is a warm-up, the rest are timed. Ours runs the command's own pieces (``tuner.lora.load_for_training``,
 ``tuner.data``, ``tuner.trainer``) on the portable path in fp32; transformers runs the same ids, pixels and
-mask through its model in fp32 with PEFT.
+mask through its model in fp32 with PEFT. mlx-vlm runs its own trainer (peers/mlx_vlm_lora_peer.py)
+in its own environment (compare.py's venv-vlm: the same MLX and BLAS) on its own conversion, with the
+same conversation as a row of its dataset format; it takes images only, so it has no video rows.
 
-mlx-vlm 0.7.10's trainer (the issue's third column) is not here yet: it needs its own venv
-(compare.py's), and only takes images.
+Each run adds its figures to OUT/lora.json (with the date, the commit and the load average when that
+configuration started), so that the table can be made in parts (``--impls``, ``--only``,
+``--checkpointing``) and printed whole from what has been measured (``--table``). Seconds per step are
+the median of the timed steps.
 """
 
 import argparse
+import datetime
 import json
 import os
 import subprocess
@@ -29,8 +35,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 RANK, SCALE = 8, 20.0
+IMPLS = ("ours", "transformers", "mlx-vlm")
 WORDS = ("the quick brown fox jumps over the lazy dog while a cat sits on a red sofa near the window and "
          "a person walks into a kitchen ").split()
+
+
+def median(values):
+    values = sorted(values)
+    return values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
 
 
 def peak_rss_gb() -> float:
@@ -63,6 +75,11 @@ def make_data(out: Path, tokenizer) -> dict:
             user = [{"type": "video", "video": "media.mp4"}, {"type": "text", "text": "What happens?"}]
         record = {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
         (folder / "train.jsonl").write_text(json.dumps(record) + "\n")
+        if kind == "image":  # the same conversation as mlx-vlm's dataset rows have it (images beside the text)
+            (folder / "mlx-vlm").mkdir(exist_ok=True)
+            row = {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+                   "images": [str((folder / "media.png").resolve())]}
+            (folder / "mlx-vlm" / "train.jsonl").write_text(json.dumps(row) + "\n")
         folders[kind] = folder
     return folders
 
@@ -94,7 +111,7 @@ def run_ours(model_path: str, data: str, steps: int, grad_checkpoint: bool) -> d
         optimizer.update(model, grads)
         mx.eval(value, model.parameters(), optimizer.state)
         times.append(time.perf_counter() - tic)
-    return dict(seconds_per_step=sum(times[1:]) / steps, tokens=int(batch.ids.shape[1]), loss=value.item(),
+    return dict(seconds_per_step=median(times[1:]), step_times=times, tokens=int(batch.ids.shape[1]), loss=value.item(),
                 mlx_peak_gb=mx.get_peak_memory() / 1e9, peak_rss_gb=peak_rss_gb())
 
 
@@ -134,7 +151,7 @@ def run_transformers(hf_path: str, model_path: str, data: str, steps: int, grad_
         optimizer.step()
         optimizer.zero_grad()
         times.append(time.perf_counter() - tic)
-    return dict(seconds_per_step=sum(times[1:]) / steps, tokens=int(ids.shape[1]), loss=loss.item(),
+    return dict(seconds_per_step=median(times[1:]), step_times=times, tokens=int(ids.shape[1]), loss=loss.item(),
                 peak_rss_gb=peak_rss_gb())
 
 
@@ -149,14 +166,56 @@ def child(args) -> int:
 
 
 def measure(args, impl: str, data: Path, grad_checkpoint: bool) -> dict:
-    cmd = [sys.executable, __file__, "--run", impl, "--model", str(args.model), "--hf-model", str(args.hf_model),
-           "--data", str(data), "--steps", str(args.steps)] + (["--grad-checkpoint"] if grad_checkpoint else [])
+    if impl == "mlx-vlm":
+        cmd = [str(args.vlm_python), str(ROOT / "benchmarks" / "peers" / "mlx_vlm_lora_peer.py"), "--model", str(args.vlm_model),
+               "--data", str(data / "mlx-vlm"), "--steps", str(args.steps), "--rank", str(RANK), "--scale", str(SCALE)]
+    else:
+        cmd = [sys.executable, __file__, "--run", impl, "--model", str(args.model), "--hf-model", str(args.hf_model),
+               "--data", str(data), "--steps", str(args.steps)]
+    cmd += ["--grad-checkpoint"] if grad_checkpoint else []
+    when = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), commit=commit(),
+                load=" ".join(f"{x:.2f}" for x in os.getloadavg()))
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-        return dict(error=" | ".join(tail))
-    return json.loads(lines[-1][len("RESULT "):])
+        return dict(error=" | ".join(tail), **when)
+    return dict(json.loads(lines[-1][len("RESULT "):]), **when)
+
+
+def commit() -> str:
+    done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
+def table(results: dict) -> str:
+    """The measured rows, ours against each peer (ratio = their seconds per step / ours)."""
+    head = (f"{'input':<6} {'ckpt':<5} {'tokens':>6} {'ours s':>7} {'torch s':>8} {'vlm s':>7} {'x torch':>8} {'x vlm':>6} "
+            f"{'ours MLX GB':>11} {'vlm MLX GB':>10} {'ours RSS':>8} {'torch RSS':>9} {'vlm RSS':>8}  when (ours)")
+    lines = [head]
+    for kind in ("image", "video"):
+        for ckpt in ("plain", "checkpointed"):
+            r = {impl: results.get(f"{kind}/{ckpt}/{impl}", {}) for impl in IMPLS}
+            if not any(r.values()):
+                continue
+            ours, torch_, vlm = r["ours"], r["transformers"], r["mlx-vlm"]
+
+            def f(x, key, width, fmt=".2f"):
+                value = x.get(key)
+                return f"{'err' if 'error' in x else '-':>{width}}" if value is None else f"{value:>{width}{fmt}}"
+
+            def ratio(peer, width):
+                if "seconds_per_step" in peer and "seconds_per_step" in ours:
+                    return f"{peer['seconds_per_step'] / ours['seconds_per_step']:>{width - 1}.2f}x"
+                return f"{'-':>{width}}"
+
+            when = f"{ours.get('date', '')} {ours.get('commit', '')} load {ours.get('load', '')}" if ours else ""
+            lines.append(f"{kind:<6} {ckpt[:5]:<5} {f(ours, 'tokens', 6, 'd')} {f(ours, 'seconds_per_step', 7)} "
+                         f"{f(torch_, 'seconds_per_step', 8)} {f(vlm, 'seconds_per_step', 7)} {ratio(torch_, 8)} {ratio(vlm, 6)} "
+                         f"{f(ours, 'mlx_peak_gb', 11)} {f(vlm, 'mlx_peak_gb', 10)} {f(ours, 'peak_rss_gb', 8)} "
+                         f"{f(torch_, 'peak_rss_gb', 9)} {f(vlm, 'peak_rss_gb', 8)}  {when}")
+    errors = [f"{key}: {r['error']}" for key, r in results.items() if "error" in r]
+    return "\n".join(lines + errors)
 
 
 def main(argv=None) -> int:
@@ -164,8 +223,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
     parser.add_argument("--hf-model", help="An HF checkpoint (default: the full-size random one, built once).")
     parser.add_argument("--model", help="Its conversion (default: made from --hf-model in float32).")
-    parser.add_argument("--steps", type=int, default=2, help="Timed steps after one warm-up.")
+    parser.add_argument("--vlm-model", help="mlx-vlm's conversion of it (default: made by compare.py's converter in float32).")
+    parser.add_argument("--vlm-python", help="mlx-vlm's environment's python (default: compare.py's OUT/venv-vlm, made once).")
+    parser.add_argument("--steps", type=int, default=3, help="Timed steps after one warm-up.")
     parser.add_argument("--only", choices=["image", "video"], help="One of the two inputs.")
+    parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS), help="The columns to measure.")
+    parser.add_argument("--checkpointing", choices=["plain", "checkpointed"], help="Only with or only without it.")
+    parser.add_argument("--table", action="store_true", help="Print the table of OUT/lora.json and measure nothing.")
     parser.add_argument("--timeout", type=int, default=3600, help="Seconds each configuration may take.")
     parser.add_argument("--run", choices=["ours", "transformers"], help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -174,8 +238,15 @@ def main(argv=None) -> int:
     if args.run:
         return child(args)
 
+    from mlx_minicpmv.files import write_atomic
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    store = out / "lora.json"
+    results = json.loads(store.read_text()) if store.exists() else {}
+    if args.table:
+        print(table(results))
+        return 0
     if args.hf_model is None:
         from full_checkpoint import build
 
@@ -185,26 +256,27 @@ def main(argv=None) -> int:
 
         target = out / f"lora-mlx-{Path(args.hf_model).name}"
         args.model = target if (target / "config.json").exists() else convert(str(args.hf_model), str(target), dtype="float32")
+    if "mlx-vlm" in args.impls:
+        from compare import convert_all, vlm_python
+
+        args.vlm_python = args.vlm_python or vlm_python(out)
+        if args.vlm_model is None:
+            convert_all(out, Path(args.hf_model), ["float32"], ["mlx-vlm"])
+            args.vlm_model = out / "vlm-float32"
     from mlx_minicpmv.processing.processor import Processor
 
     folders = make_data(out, Processor.from_pretrained(args.model).tokenizer)
-    rows = []
     for kind in [args.only] if args.only else ["image", "video"]:
-        for grad_checkpoint in (False, True):
-            results = {impl: measure(args, impl, folders[kind], grad_checkpoint) for impl in ("ours", "transformers")}
-            rows.append((kind, grad_checkpoint, results))
-            print(kind, "checkpointed" if grad_checkpoint else "plain", json.dumps(results), flush=True)
-
-    print(f"\n{'input':<6} {'ckpt':<5} {'tokens':>6} {'ours s/step':>12} {'torch s/step':>13} {'ratio':>6} "
-          f"{'ours RSS GB':>12} {'ours MLX GB':>12} {'torch RSS GB':>13}")
-    for kind, grad_checkpoint, r in rows:
-        ours, theirs = r["ours"], r["transformers"]
-        if "error" in ours or "error" in theirs:
-            print(f"{kind:<6} {str(grad_checkpoint):<5} error: {ours.get('error') or theirs.get('error')}")
-            continue
-        print(f"{kind:<6} {str(grad_checkpoint):<5} {ours['tokens']:>6} {ours['seconds_per_step']:>12.2f} "
-              f"{theirs['seconds_per_step']:>13.2f} {theirs['seconds_per_step'] / ours['seconds_per_step']:>5.2f}x "
-              f"{ours['peak_rss_gb']:>12.2f} {ours['mlx_peak_gb']:>12.2f} {theirs['peak_rss_gb']:>13.2f}")
+        for ckpt in [args.checkpointing] if args.checkpointing else ["plain", "checkpointed"]:
+            for impl in args.impls:
+                if impl == "mlx-vlm" and kind == "video":
+                    continue  # its trainer takes images only
+                result = measure(args, impl, folders[kind], ckpt == "checkpointed")
+                results[f"{kind}/{ckpt}/{impl}"] = result
+                write_atomic(store, json.dumps(results, indent=1))
+                print(kind, ckpt, impl, json.dumps(result), flush=True)
+    print()
+    print(table(results))
     return 0
 
 
