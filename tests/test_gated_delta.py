@@ -21,6 +21,80 @@ def test_chunked_equals_recurrence(T, Hk, Hv, Dk, Dv, with_state):
     beta = mx.sigmoid(mx.random.normal((1, T, Hv)))
     state = mx.random.normal((1, Hv, Dv, Dk)) * 0.3 if with_state else None
     y_ref, s_ref = gated_delta_ops(q, k, v, g, beta, state)
-    y, s = chunked_gated_delta(q, k, v, g, beta, state)
+    y, s = chunked_gated_delta(q, k, v, mx.log(g), beta, state)
     np.testing.assert_allclose(np.array(y), np.array(y_ref), atol=2e-5, rtol=0)
     np.testing.assert_allclose(np.array(s), np.array(s_ref), atol=2e-5, rtol=0)
+
+
+def inputs(T, H=2, D=16, seed=0):
+    mx.random.seed(seed)
+    q, k = mx.random.normal((1, T, H, D)), mx.random.normal((1, T, H, D))
+    q = q / mx.linalg.norm(q, axis=-1, keepdims=True) * D**-0.5
+    k = k / mx.linalg.norm(k, axis=-1, keepdims=True)
+    return q, k, mx.random.normal((1, T, H, D)), mx.sigmoid(mx.random.normal((1, T, H)))
+
+
+def test_decays_that_underflow_or_dwarf_the_rest():
+    """Decays of e^-1e8 and 0 (log -inf: an input of inf) among ordinary ones: the recurrence
+    multiplies by 0 and goes on. A decay that underflowed to 0 before its log made NaN of the
+    rest of its chunk; a log-decay of -1e8 before the ordinary ones of its chunk made their
+    differences of running sums 0 (ulp 8), each decay between them 1."""
+    T = 100
+    q, k, v, beta = inputs(T)
+    log_g = -mx.random.uniform(0, 2, (1, T, 2))
+    log_g[:, 10, 0] = -1e8
+    log_g[:, 70, 1] = -mx.inf
+    y_ref, s_ref = gated_delta_ops(q, k, v, mx.exp(log_g), beta)
+    y, s = chunked_gated_delta(q, k, v, log_g, beta)
+    assert np.isfinite(np.array(y)).all() and np.isfinite(np.array(s)).all()
+    np.testing.assert_allclose(np.array(y), np.array(y_ref), atol=2e-5, rtol=0)
+    np.testing.assert_allclose(np.array(s), np.array(s_ref), atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("scale", [1, 100, 1e7])
+def test_cpu_deltanet_layer_equals_the_portable_one_at_any_scale(scale):
+    """The CPU layer against the portable one on inputs up to 1e7 (what a fine-tuning run at lr 0.5
+    left in the tiny model): the CPU path gave NaN from 100x on, the portable one stays finite."""
+    from mlx_minicpmv.config import TextConfig
+    from mlx_minicpmv.cpu.language_layers import CpuGatedDeltaNet
+    from mlx_minicpmv.model.language import GatedDeltaNet
+
+    from tests.checkpoints import tiny_config
+
+    config = TextConfig.from_dict(tiny_config(64).text_config.to_dict())
+    mx.random.seed(1)
+    portable = GatedDeltaNet(config)
+    portable.A_log = mx.log(1 + 15 * mx.random.uniform(shape=portable.A_log.shape))  # A up to 16, as tests/checkpoints.py
+    cpu = GatedDeltaNet(config)
+    cpu.update(portable.parameters())
+    cpu.__class__ = CpuGatedDeltaNet
+    portable.eval(), cpu.eval()  # the chunked rule runs outside training
+    x = mx.random.normal((1, 80, config.hidden_size)) * scale
+    expected, got = np.array(portable(x)), np.array(cpu(x))
+    assert np.isfinite(expected).all() and np.isfinite(got).all()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
+def test_chunked_gradients_equal_the_recurrences():
+    """Training differentiates the chunked form (the triangular inverse by its own rule): the
+    gradients of every input, the state's too, equal those through mlx-lm's recurrence."""
+    T = 100  # two chunks, the second padded
+    q, k, v, beta = inputs(T, seed=3)
+    log_g = -mx.random.uniform(0, 2, (1, T, 2))
+    state = mx.random.normal((1, 2, 16, 16)) * 0.3
+    w_y, w_s = mx.random.normal((1, T, 2, 16)), mx.random.normal((1, 2, 16, 16))
+
+    def loss(chunked, *args):
+        q, k, v, log_g, beta, state = args
+        if chunked:
+            y, s = chunked_gated_delta(q, k, v, log_g, beta, state, exp=mx.exp)
+        else:
+            y, s = gated_delta_ops(q, k, v, mx.exp(log_g), beta, state)
+        return (y * w_y).sum() + (s * w_s).sum()
+
+    args = (q, k, v, log_g, beta, state)
+    ours = mx.grad(lambda *a: loss(True, *a), argnums=tuple(range(6)))(*args)
+    expected = mx.grad(lambda *a: loss(False, *a), argnums=tuple(range(6)))(*args)
+    for name, g, e in zip(("q", "k", "v", "log_g", "beta", "state"), ours, expected):
+        g, e = np.array(g), np.array(e)
+        assert np.linalg.norm(g - e) < 1e-5 * np.linalg.norm(e) + 1e-6, name
