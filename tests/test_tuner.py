@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten, tree_map_with_path
 
+from mlx_minicpmv.cpu import seam
 from mlx_minicpmv.loading import load_model
 from mlx_minicpmv.tuner import adapters, data, trainer
 from mlx_minicpmv.tuner import lora as lora_command
@@ -122,14 +123,18 @@ def peft_grads(hf, ours: dict, batch):
     return value.item(), grads
 
 
-@pytest.mark.parametrize("name, split", [("base", "train"), ("canvas", "train"), ("base", "video")])
-def test_lora_gradients_equal_peft(request, torch_threads, folder, name, split):
-    """4.6 and 4.7 (canvas positions) on an image question; 4.6 on a video question."""
+@pytest.mark.parametrize("name, split, path", [("base", "train", "portable"), ("canvas", "train", "portable"),
+                                               ("base", "video", "portable"), ("base", "video", "cpu")])
+def test_lora_gradients_equal_peft(request, torch_threads, folder, name, split, path):
+    """4.6 and 4.7 (canvas positions) on an image question; 4.6 on a video question, on the
+    portable path and with the CPU's chunked delta rule (what ``lora`` trains with on the CPU)."""
     tiny = tiny_model(request, name)
     _, processor = tiny.load(cpu_kernels=False)
     batch = one_batch(processor, folder, split)
     assert ("pixel_values_videos" in batch.media) == (split == "video")
     model = fresh_model(tiny)
+    if path == "cpu":
+        assert seam.specialise_for_training(model) == {"CpuGatedDeltaNet": 3}
     mx.random.seed(0)  # lora_a's initial values (the bounds are met for any, but a test is reproducible)
     adapters.apply(model, "lora", -1, LORA)
     # lora_b starts at zero (so would lora_a's gradient): move it off, the same on both sides

@@ -9,6 +9,7 @@ step for each DeltaNet layer. Figures measured on the CI machine (2 cores, fp32)
 from functools import partial
 
 import mlx.core as mx
+import mlx.nn as nn
 from mlx.nn.layers.distributed import sum_gradients
 from mlx_lm.models.base import scaled_dot_product_attention
 from mlx_lm.models.gated_delta import normalize_qk
@@ -123,7 +124,9 @@ class CpuGatedDeltaNet(GatedDeltaNet):
             conv_state = mx.take_along_axis(conv_input, (ends[:, None] + mx.arange(n_keep))[..., None], axis=1)
         else:
             conv_state = mx.contiguous(conv_input[:, -n_keep:, :])
-        conv_out = fast_math.silu(causal_conv(conv_input, self.conv1d.weight))
+        # in training MLX's own SiLU: the fast one's bit tricks have no gradient
+        silu = nn.silu if self.training else fast_math.silu
+        conv_out = silu(causal_conv(conv_input, self.conv1d.weight))
         q, k, v = (
             t.reshape(B, S, h, d)
             for t, h, d in zip(
@@ -134,7 +137,7 @@ class CpuGatedDeltaNet(GatedDeltaNet):
         )
         q, k = normalize_qk(q, k, inv_scale=self.head_k_dim**-0.5, eps=1e-6)
         out, state = gated_delta(q, k, v, a, b, self.A_log, self.dt_bias, state, mask, training=self.training)
-        if fast_math.fast(out):  # the gated RMSNorm, silu(z)·rms_norm(out), with the fast SiLU
+        if fast_math.fast(out) and not self.training:  # the gated RMSNorm, silu(z)·rms_norm(out), with the fast SiLU
             gated = fast_math.swiglu(z, mx.fast.rms_norm(out, self.norm.weight, self.norm.eps))
         else:
             gated = self.norm(out, z)

@@ -52,3 +52,21 @@ def specialise(model) -> Dict[str, int]:
     if not isinstance(model.language_model.embed_tokens, gemv_layers.GemvEmbedding):
         gemv_layers.transpose_tied_head(model)
     return counts
+
+
+def specialise_for_training(model) -> Dict[str, int]:
+    """The CPU specialisations a training step can differentiate: the DeltaNet layers with the
+    chunked delta rule (``gated_delta.py``; the recurrence kept every token's state for the
+    backward pass). The rest stays portable: the other CPU layers' fast exp and GEMV have no
+    gradient. Returns the swaps made."""
+    from collections import Counter
+
+    from ..model.language import GatedDeltaNet
+    from .language_layers import CpuGatedDeltaNet
+
+    counts: Counter = Counter()
+    for _, layer in model.named_modules():
+        if type(layer) is GatedDeltaNet:
+            layer.__class__ = CpuGatedDeltaNet
+            counts[CpuGatedDeltaNet.__name__] += 1
+    return dict(counts)

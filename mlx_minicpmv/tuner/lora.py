@@ -191,8 +191,9 @@ def build_optimizer(args):
 
 def load_for_training(path):
     """The model on the portable path at its stored precision (a quantised one stays quantised:
-    QLoRA), its float weights widened to float32 where MLX computes on the CPU (its bf16
-    matmul is ~34x slower there), and the processor."""
+    QLoRA), and where MLX computes on the CPU its float weights widened to float32 (its bf16
+    matmul is ~34x slower there) and the DeltaNet layers' chunked delta rule
+    (``seam.specialise_for_training``); and the processor."""
     import mlx.core as mx
     import mlx.nn as nn
 
@@ -204,6 +205,8 @@ def load_for_training(path):
     model = load_model(path, compute_dtype=None, cpu_kernels=False)
     if seam.applies(True):
         widen(model, seam.compute_dtype(), keep=lambda m: isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)))
+        if seam.applies():  # unless MLX_MINICPMV_CPU_KERNELS=off: then the path a Mac runs
+            seam.specialise_for_training(model)
         mx.eval(model.parameters())
     return model, Processor.from_pretrained(path)
 
