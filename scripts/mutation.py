@@ -7,7 +7,7 @@
     nice python scripts/mutation.py --survivors-of /tmp/mut-old --out /tmp/mut-new  # only what survived there
     nice python scripts/mutation.py --sample 1 --groups generate  # every mutant of one group
     nice python scripts/mutation.py --tests-rev 2f947fb --out /tmp/mut-before  # HEAD's code, older tests
-    nice python scripts/mutation.py --groups model --tests tests/test_model_variants.py  # other tests
+    nice python scripts/mutation.py --groups model --tests tests/test_model.py -k base  # other tests
     python scripts/mutation.py --report OUT_DIR     # print the table of a finished run again
 
 Each group of modules is mutated in a scratch copy of the repository at ``--rev`` (``git
@@ -110,14 +110,14 @@ def group_files(src: Path, globs):
     return sorted(str(p.relative_to(src)) for g in globs for p in src.glob(g) if p.name != "__init__.py")
 
 
-def pytest_command(tests, deselect=(), exitfirst=True) -> list:
-    slow = " or ".join(SLOW)
+def pytest_command(tests, deselect=(), exitfirst=True, keyword=None) -> list:
+    chosen = f"not ({' or '.join(SLOW)})" + (f" and ({keyword})" if keyword else "")
     return [sys.executable, "-m", "pytest", *(["-x"] if exitfirst else []), "-q", "-p", "no:cacheprovider",
-            *tests, f"-k 'not ({slow})'", *(f"--deselect '{t}'" for t in deselect)]
+            *tests, f"-k '{chosen}'", *(f"--deselect '{t}'" for t in deselect)]
 
 
-def write_config(path: Path, files, tests, timeout: float, deselect=()) -> None:
-    command = " ".join(pytest_command(tests, deselect))
+def write_config(path: Path, files, tests, timeout: float, deselect=(), keyword=None) -> None:
+    command = " ".join(pytest_command(tests, deselect, keyword=keyword))
     path.write_text(
         "[cosmic-ray]\n"
         f"module-path = {json.dumps(files)}\n"
@@ -202,7 +202,7 @@ def baseline_seconds(src: Path, config: Path) -> float:
     return time.perf_counter() - tic
 
 
-def not_running(src: Path, tests) -> tuple:
+def not_running(src: Path, tests, keyword=None) -> tuple:
     """Older tests (``--tests-rev``) that fail on the clean code, and test files that do not even
     collect: a mutant cannot be judged by a test that fails without it."""
     broken = []
@@ -214,27 +214,28 @@ def not_running(src: Path, tests) -> tuple:
     tests = [t for t in tests if t not in broken]
     if not tests:
         return tests, broken, []
-    command = " ".join(pytest_command(tests, exitfirst=False)) + " -rf"
+    command = " ".join(pytest_command(tests, exitfirst=False, keyword=keyword)) + " -rf"
     result = subprocess.run(command, shell=True, cwd=src, capture_output=True, text=True)
     failing = [line.split()[1] for line in result.stdout.splitlines() if line.startswith(("FAILED ", "ERROR "))]
     return tests, broken, failing
 
 
-def run_group(name: str, rev: str, src: Path, out: Path, rate=None, previous=None, tests=None, older_tests=False) -> None:
+def run_group(name: str, rev: str, src: Path, out: Path, rate=None, previous=None, tests=None, older_tests=False,
+              keyword=None) -> None:
     files, group_tests, default_rate = GROUPS[name]
     rate = default_rate if rate is None else rate
     files = group_files(src, files)
-    tests = [t for t in (tests or group_tests) if (src / t).exists()]
+    tests = [t for t in (tests or group_tests) if (src / t.split("::")[0]).exists()]
     config, db = out / f"{name}.toml", out / f"{name}.sqlite"
     if not db.exists():
         broken, failing = [], []
         if older_tests:
-            tests, broken, failing = not_running(src, tests)
+            tests, broken, failing = not_running(src, tests, keyword)
         if not tests:
             raise SystemExit(f"[{name}] none of the group's tests run on this code: {broken}")
-        write_config(config, files, tests, timeout=600, deselect=failing)
+        write_config(config, files, tests, timeout=600, deselect=failing, keyword=keyword)
         took = baseline_seconds(src, config)
-        write_config(config, files, tests, timeout=max(120.0, 3 * took), deselect=failing)
+        write_config(config, files, tests, timeout=max(120.0, 3 * took), deselect=failing, keyword=keyword)
         fresh = db.with_suffix(".init.sqlite")  # becomes the session once sampled: a stop before that starts over
         fresh.unlink(missing_ok=True)
         subprocess.run([tool("cosmic-ray"), "init", str(config), str(fresh)], cwd=src, check=True)
@@ -242,7 +243,7 @@ def run_group(name: str, rev: str, src: Path, out: Path, rate=None, previous=Non
         kept, eligible = select(fresh, src, rate, only)
         fresh.rename(db)
         (out / f"{name}.meta.json").write_text(json.dumps(dict(
-            files=files, tests=tests, baseline_seconds=round(took, 1), sampled=kept, eligible=eligible,
+            files=files, tests=tests, keyword=keyword, baseline_seconds=round(took, 1), sampled=kept, eligible=eligible,
             left_out=dict(not_collected=broken, failing=failing))))
         print(f"[{name}] {kept} of {eligible} mutants sampled; the clean tests take {took:.0f} s", flush=True)
     # A run stopped mid-mutant (timeout -s INT, Ctrl-C) restores the file, but be sure before resuming.
@@ -314,6 +315,8 @@ def main(argv=None) -> int:
                         help="Take tests/ from this commit instead of --rev's: the same mutants judged by older tests.")
     parser.add_argument("--tests", nargs="*", default=None,
                         help="Test files to run instead of the group's own (GROUPS), e.g. the quickest ones of a slow group.")
+    parser.add_argument("-k", "--keyword", default=None,
+                        help="Only the tests pytest's -k expression selects (e.g. one config of a parametrised parity test).")
     parser.add_argument("--out", type=Path, default=None, help="Where sessions and reports go (default: a new temp dir).")
     parser.add_argument("--report", type=Path, default=None, help="Only print the report of a run in this directory.")
     args = parser.parse_args(argv)
@@ -338,7 +341,8 @@ def main(argv=None) -> int:
     tests_from = f" judged by the tests of {args.tests_rev}" if args.tests_rev else ""
     print(f"mutating {args.rev}{tests_from} in {src}; sessions in {out}", flush=True)
     for name in args.groups:
-        run_group(name, args.rev, src, out, rate, args.survivors_of, args.tests, older_tests=bool(args.tests_rev))
+        run_group(name, args.rev, src, out, rate, args.survivors_of, args.tests, older_tests=bool(args.tests_rev),
+                  keyword=args.keyword)
         print(report(out).split("\n### ")[0], flush=True)
     print(report(out))
     return 0
