@@ -162,4 +162,8 @@ MUTATIONS = [
          find='stream = follow_up(self.model, self.processor, summary, messages[-1]["content"],',
          replace='stream = follow_up(self.model, self.processor, summary, messages[+1]["content"],',
          tests=["tests/test_app_worker.py::test_a_question_after_a_summary_gets_the_system_prompt"]),
+    dict(name="cr-cut-distance-scale", file="mlx_minicpmv/summary/segments.py",
+         find="diff = np.abs(np.diff(hists, axis=0)).sum(axis=1) / 6",
+         replace="diff = np.abs(np.diff(hists, axis=0)).sum(axis=1) / 7",
+         tests=["tests/test_summary.py::test_a_change_of_a_quarter_of_a_still_picture_is_where_a_cut_begins"]),
 ]

@@ -23,6 +23,25 @@ def test_scene_cuts_are_found_where_they_are(tmp_path):
     assert scene_cuts(*thumbnails(one_shot, probe(one_shot))) == [], "motion inside a shot is not a cut"
 
 
+def test_a_change_of_a_quarter_of_a_still_picture_is_where_a_cut_begins():
+    """The distance between two thumbnails is the share of the picture whose colour changed
+    (0..1), and on a still shot a cut needs more than the floor of 0.25: a change of 9/32 of
+    the picture is one, 7/32 is not."""
+    from PIL import Image
+
+    from mlx_minicpmv.summary.segments import THUMB, histogram
+
+    def picture(columns):
+        pixels = np.zeros((THUMB[1], THUMB[0], 3), np.uint8)
+        pixels[:, :columns] = 255
+        return histogram(Image.fromarray(pixels))
+
+    times = [0.5 * i for i in range(10)]
+    for columns, cuts in ((9, [2.5]), (7, [])):
+        hists = np.stack([picture(0)] * 5 + [picture(columns)] * 5)
+        assert scene_cuts(times, hists) == cuts, f"{columns}/32 of the picture changed"
+
+
 @pytest.mark.parametrize("duration,cuts,target", [(7200.0, [], 60.0), (600.0, [33.0, 34.0, 300.0], 60.0),
                                                   (20.0, [5.0, 10.0, 15.0], 5.0), (3.0, [], 60.0)])
 def test_segments_cover_the_video_within_bounds(duration, cuts, target):
