@@ -166,4 +166,8 @@ MUTATIONS = [
          find="diff = np.abs(np.diff(hists, axis=0)).sum(axis=1) / 6",
          replace="diff = np.abs(np.diff(hists, axis=0)).sum(axis=1) / 7",
          tests=["tests/test_summary.py::test_a_change_of_a_quarter_of_a_still_picture_is_where_a_cut_begins"]),
+    dict(name="cr-summary-token-budget", file="mlx_minicpmv/summary/pipeline.py",
+         find="budget = max_tokens + (THINKING_TOKENS if self.thinking else 0)",
+         replace="budget = max_tokens + (THINKING_TOKENS if self.thinking else 1)",
+         tests=["tests/test_summary.py::test_each_description_is_the_models_answer_in_max_tokens"]),
 ]

@@ -273,6 +273,25 @@ def test_json_export_holds_every_field_and_no_features():
         "warnings": ["Stopped after 1:01:05; the rest was not summarised."]}
 
 
+def test_each_description_is_the_models_answer_in_max_tokens(tiny, tmp_path, prompts):
+    """A segment's description is the model's greedy answer to that segment's question in
+    ``max_tokens`` tokens, no more and no less: the same input through the library gives it."""
+    from mlx_minicpmv.generate import stream_tokens
+    from mlx_minicpmv.summary.pipeline import clean
+
+    model, processor = tiny.load()
+    path = make_video(tmp_path / "two.mp4", seconds=4, fps=5)
+    events = list(summarize(model, processor, path, segment_seconds=2, frames_per_segment=2, max_tokens=3,
+                            scene_detection=False))
+    segments = [e.segment for e in events if e.stage == "segment"]
+    assert len(segments) == 2
+    eos = set(processor.eos_token_ids)
+    for segment, inputs in zip(segments, prompts):  # the segments' questions come first
+        tokens = [s.token for s in stream_tokens(model, inputs, max_tokens=3, eos_token_ids=eos)]
+        assert len(tokens) == 3, "the tiny model ended early: the test cannot tell 3 tokens from 4"
+        assert segment.text == clean(processor.decode(tokens))
+
+
 def test_stop_keeps_what_was_summarised_and_says_where_it_stopped(tiny, tmp_path):
     model, processor = tiny.load()
     path = make_video(tmp_path / "stop.mp4", seconds=15, fps=10, scenes=(0, 1, 2))
