@@ -33,14 +33,16 @@ def fast(x: mx.array) -> bool:
 def _reduce(x):
     """x -> (n + ROUND, 2^f) with x·log2(e) = n + f, n an integer, |f| <= 1/2.
 
-    x is clipped to [-80, 88], so e^x below e^-80 (1.8e-35) reads as e^-80: every product stays
+    x is clipped to [-80, 89], so e^x below e^-80 (1.8e-35) reads as e^-80: every product stays
     a normal float, where a subnormal one takes ~100x longer on x86 (saturated GELU inputs
     took 210 ms instead of 25 with a bound of -87). Against the 1 in a sigmoid or a softmax's
-    sum, e^-80 is nothing in float32.
+    sum, e^-80 is nothing in float32. Above, n reaches 128, whose bits are inf: e^x overflows
+    as mx.exp's does (from 88.4 here, 88.7 there), and the sigmoid family saturates to exactly
+    0 as MLX's, where a bound of 88 left silu(-1e7) at -6e-32.
     """
     # Python-float bounds and Estrin's scheme: mx.clip's array bounds made the shapeless
     # kernel strided, and Horner's 14-deep chain split it into several passes (23 ms -> 9 ms)
-    t = mx.maximum(mx.minimum(x, 88.0), -80.0) * LOG2E
+    t = mx.maximum(mx.minimum(x, 89.0), -80.0) * LOG2E
     n = t + ROUND
     f = t - (n - ROUND)
     c, f2 = POW2, f * f
@@ -77,7 +79,9 @@ def _times_sigmoid_out(x, scale, p):
 
 @partial(mx.compile, shapeless=True)
 def _swiglu_out(gate, x, scale, p):
-    return gate * x / (1.0 + scale * p)
+    # silu(gate) first: gate·x overflowed to -inf (then NaN) for |gate·x| > 3.4e38, where
+    # silu(gate)·x is 0 for a gate that negative
+    return gate / (1.0 + scale * p) * x
 
 
 @partial(mx.compile, shapeless=True)
