@@ -151,10 +151,17 @@ def test_lora_gradients_equal_peft(request, torch_threads, folder, name, split, 
     assert value == pytest.approx(ref_value, rel=1e-5)
     # All the adapter gradients together, to the issue's bound; where the random model amplifies
     # rounding (4.7's does), the reference's own fp32 is that far from its float64, and ours may
-    # be as far from the float64 (twice, for two fp32 computations' rounding). On the video
-    # question the portable language model itself is further: its logits are 2.4e-4 from the
-    # float64 reference's where the fp32 reference's are 6.7e-5 (the tower's features agree to
-    # 2e-6; the parity tests hold logits to 1e-3), so there the bound is twice the issue's.
+    # be as far from the float64 (twice, for two fp32 computations' rounding).
+    # The video question is held to twice the issue's bound, and the brief's rule does NOT
+    # justify that (measured 2026-12-03): with these adapter weights ours are 1.6e-4 from the
+    # fp32 reference and 1.4e-4 from the float64 one (1.2e-4 through the chunked delta rule),
+    # where the fp32 reference is 3.1e-5 from it: 4.5x. Not the cause: the tower's features
+    # (3.7e-7 from float64, the reference's 3.3e-7; given float64 features ours stay 1.4e-4 off),
+    # the adapted model's logits on the answer (5.3e-6 against 2.2e-6) and the loss's gradient in
+    # them (4e-7 against 1.7e-7), MLX's RMSNorm backward (as exact as torch's). The excess is in
+    # our backward pass, alike in every adapter tensor (1.0-1.7e-4 each, the reference ~3e-5).
+    # With seeds 1 and 2 the video gradients meet the rule (ours 2.2e-5 and 8.1e-5 from float64,
+    # the reference 3.0e-5 and 7.9e-5). Open; 2e-4 guards against getting worse.
     bound = GRAD_TOL * (2 if split == "video" else 1)
 
     def flat(g):
