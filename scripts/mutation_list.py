@@ -170,4 +170,7 @@ MUTATIONS = [
          find="budget = max_tokens + (THINKING_TOKENS if self.thinking else 0)",
          replace="budget = max_tokens + (THINKING_TOKENS if self.thinking else 1)",
          tests=["tests/test_summary.py::test_each_description_is_the_models_answer_in_max_tokens"]),
+    dict(name="cr-jpeg-half-scale", file="mlx_minicpmv/processing/image.py",
+         find="        if scale >= 2:\n", replace="        if scale >= 3:\n",
+         tests=["tests/test_processor.py::test_a_panorama_jpeg_past_the_pixel_budget_opens_at_half_scale"]),
 ]

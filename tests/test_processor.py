@@ -269,6 +269,15 @@ def test_huge_jpeg_is_decoded_reduced_with_the_reference_plan(reference_image_pr
     assert np.abs(np.concatenate(strips, -1)[None] - ref["pixel_values"]).mean() < 0.02
 
 
+def test_a_panorama_jpeg_past_the_pixel_budget_opens_at_half_scale(tmp_path):
+    """22000x3000 (66 MP) is over the 64 MP a bitmap may take but leaves room for the slicer
+    at 1/2: it opens at half size, not refused as a decompression bomb."""
+    path = tmp_path / "panorama.jpg"
+    Image.new("RGB", (22000, 3000), (90, 140, 200)).save(path, quality=50)
+    image = load_image(path)
+    assert image.size == (11000, 1500) and image.info["original_size"] == (22000, 3000)
+
+
 def test_rotated_phone_video_is_turned_upright(tmp_path):
     """A portrait phone video: landscape frames plus a 'rotate 90° clockwise' display matrix."""
     import av
