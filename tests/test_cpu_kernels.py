@@ -64,13 +64,33 @@ def test_half_matmul_equals_widened_matmul(ext, isa, dtype, rows):
 
 
 @pytest.mark.parametrize("isa", isas())
-@pytest.mark.parametrize("rows", [(1,), (2,), (5,), (8,), (2, 3), (11,)])  # one pass of up to 8 rows, then two
+@pytest.mark.parametrize("rows", [(1,), (2,), (3,), (4,), (5,), (6,), (7,), (8,), (2, 3), (11,)])  # each block shape of one pass, then two passes
 def test_rows_matmul_equals_mlx(ext, isa, rows):
     w = mx.random.normal((70, 100), key=mx.random.key(12))  # K = 100: a tail after the vectors
     x = mx.random.normal(rows + (100,), key=mx.random.key(13))
     close(cpu_kernels.rows_matmul(x, w, isa=isa), x @ w.T)
     strided = mx.random.normal((3, 200), key=mx.random.key(14))[:, ::2]
     close(cpu_kernels.rows_matmul(strided, w, isa=isa), strided @ w.T)
+
+
+@pytest.mark.parametrize("isa", isas())
+@pytest.mark.parametrize("batch", [1, 3])
+def test_gated_delta_step_equals_mlx_lm(ext, isa, batch):
+    """One decoded token of the delta rule: y and the new state as mlx-lm's ops compute them."""
+    from mlx_lm.models.gated_delta import _gated_delta_step_ops
+
+    key = mx.random.split(mx.random.key(40 + batch), 6)
+    H, Dk, Dv = 3, 136, 24  # Dk: vectors and a tail
+    q, k = (mx.random.normal((batch, H, Dk), key=key[i]) for i in range(2))
+    v = mx.random.normal((batch, H, Dv), key=key[2])
+    g, beta = (mx.random.uniform(shape=(batch, H), key=key[i]) for i in (3, 4))
+    state = mx.random.normal((batch, H, Dv, Dk), key=key[5])
+    y, s = cpu_kernels.gated_delta_step(q, k, v, g, beta, state, isa=isa)
+    want_y, want_s = _gated_delta_step_ops(q, k, v, g, beta, state)
+    close(y, want_y)
+    close(s, want_s)
+    with pytest.raises(ValueError, match=r"\(B, H, Dv, Dk\)"):
+        cpu_kernels.gated_delta_step(q, k, v, g, beta, state[:, :, :, :8], isa=isa)
 
 
 def test_a_batch_decode_step_reads_the_weights_through_the_rows_kernel(ext, monkeypatch):

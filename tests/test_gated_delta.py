@@ -1,11 +1,12 @@
-"""The chunked gated delta rule against mlx-lm's per-token recurrence."""
+"""The chunked gated delta rule and the decode step's kernel against mlx-lm's per-token recurrence."""
 
 import mlx.core as mx
 import numpy as np
 import pytest
-from mlx_lm.models.gated_delta import gated_delta_ops
+from mlx_lm.models.gated_delta import gated_delta_ops, gated_delta_update
 
-from mlx_minicpmv.cpu.gated_delta import chunked_gated_delta
+from mlx_minicpmv.cpu import kernels
+from mlx_minicpmv.cpu.gated_delta import chunked_gated_delta, gated_delta
 
 
 @pytest.mark.parametrize("T,Hk,Hv,Dk,Dv", [(1, 2, 4, 16, 16), (37, 2, 2, 32, 32), (64, 1, 3, 8, 12),
@@ -98,3 +99,22 @@ def test_chunked_gradients_equal_the_recurrences():
     for name, g, e in zip(("q", "k", "v", "log_g", "beta", "state"), ours, expected):
         g, e = np.array(g), np.array(e)
         assert np.linalg.norm(g - e) < 1e-5 * np.linalg.norm(e) + 1e-6, name
+
+
+@pytest.mark.skipif(kernels.load() is None, reason="the CPU kernels are built on Linux only")
+@pytest.mark.parametrize("with_state", [False, True])
+def test_a_decoded_token_through_the_kernel_equals_mlx_lm(with_state):
+    """gated_delta for one token (what every decode step runs) takes cpu/kernels' step: the
+    output and the state of mlx-lm's recurrence, with the key heads shared (Hv > Hk) and a batch."""
+    mx.random.seed(5)
+    B, Hk, Hv, Dk, Dv = 3, 2, 4, 32, 16
+    q, k = mx.random.normal((B, 1, Hk, Dk)), mx.random.normal((B, 1, Hk, Dk))
+    v = mx.random.normal((B, 1, Hv, Dv))
+    a, b = mx.random.normal((B, 1, Hv)), mx.random.normal((B, 1, Hv))
+    A_log, dt_bias = mx.random.normal((Hv,)), mx.random.normal((Hv,))
+    state = mx.random.normal((B, Hv, Dv, Dk)) * 0.3 if with_state else None
+    y_ref, s_ref = gated_delta_update(q, k, v, a, b, A_log, dt_bias, state, use_kernel=False)
+    y, s = gated_delta(q, k, v, a, b, A_log, dt_bias, state)
+    assert y.shape == y_ref.shape and s.shape == s_ref.shape
+    np.testing.assert_allclose(np.array(y), np.array(y_ref), atol=2e-5, rtol=0)
+    np.testing.assert_allclose(np.array(s), np.array(s_ref), atol=2e-5, rtol=0)

@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ("CMakeLists.txt", "matmul.cpp", "pool.h", "pool.cpp", "dispatch.cpp", "kernels.h",
+SOURCES = ("CMakeLists.txt", "matmul.cpp", "delta.h", "delta.cpp", "pool.h", "pool.cpp", "dispatch.cpp", "kernels.h",
            "kernels_impl.h", "kernels_scalar.cpp", "kernels_avx2.cpp", "kernels_avx512.cpp")
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)
@@ -83,6 +83,13 @@ def rows_matmul(x, w, isa: str = None):
     return _module.rows_matmul(x, w, _isa if isa is None else isa)
 
 
+def gated_delta_step(q, k, v, g, beta, state, isa: str = None):
+    """One decoded token of the gated delta rule, ``(y, state)``: q, k (B, H, Dk), v (B, H, Dv),
+    g and beta (B, H), state (B, H, Dv, Dk), all float32 (mlx-lm's ``_gated_delta_step_ops``
+    with scalar gating and no mask); needs ``load()``."""
+    return _module.gated_delta_step(q, k, v, g, beta, state, _isa if isa is None else isa)
+
+
 def _self_test(module) -> None:
     """Refuse kernels that disagree with MLX (a miscompiled instruction set, a nanobind ABI that
     no longer matches): every path once, GEMV (1 row) and GEMM (5 rows), against MLX in fp32."""
@@ -103,9 +110,26 @@ def _self_test(module) -> None:
         for n in (rows, rows + 8):  # the rows of one pass, and more than one pass (8 at most each)
             xf = mx.random.normal((n, 128), key=mx.random.key(n))
             checks.append((module.rows_matmul(xf, w, _isa), xf @ w.T, f"float32, {n} rows"))
+        checks.append((*_delta_checks(module, rows), "the delta rule"))
         for got, want, what in checks:
             if not mx.allclose(got, want, rtol=1e-4, atol=1e-4).item():
                 raise RuntimeError(f"the {isa_name(module)} kernels disagree with MLX ({what}, {rows} rows)")
+
+
+def _delta_checks(module, batch):
+    """The delta rule's step and mlx-lm's ops on random inputs: (ours, theirs), y and state joined."""
+    import mlx.core as mx
+    from mlx_lm.models.gated_delta import _gated_delta_step_ops
+
+    key = mx.random.split(mx.random.key(batch), 6)
+    H, Dk, Dv = 2, 40, 24  # Dk with a tail after the vectors
+    q, k = (mx.random.normal((batch, H, Dk), key=key[i]) for i in range(2))
+    v = mx.random.normal((batch, H, Dv), key=key[2])
+    g, beta = (mx.random.uniform(shape=(batch, H), key=key[i]) for i in (3, 4))
+    state = mx.random.normal((batch, H, Dv, Dk), key=key[5])
+    y, s = module.gated_delta_step(q, k, v, g, beta, state, _isa)
+    want_y, want_s = _gated_delta_step_ops(q, k, v, g, beta, state)
+    return mx.concatenate([y.flatten(), s.flatten()]), mx.concatenate([want_y.flatten(), want_s.flatten()])
 
 
 def isa_name(module) -> str:

@@ -43,6 +43,10 @@ struct Isa {
   // y[m·ldy + n - n0] = x[m] · w[n] for fp32 weights w (N, K), the M (1..kMaxRows) rows of x
   // (M, K) together, so that each weight is read once for all of them (a batch's decode step).
   void (*fgemv)(const float* w, int K, const float* x, int M, int n0, int n1, float* y, long ldy);
+  // One decoded token of the gated delta rule for one (sequence, head): the state s_in (Dv, Dk)
+  // decayed by g and updated with k, v and beta into s_out, and y (Dv) = s_out · q.
+  void (*delta_step)(const float* s_in, const float* q, const float* k, const float* v, float g, float beta, int Dv,
+                     int Dk, float* s_out, float* y);
 };
 
 constexpr int kMaxRows = 8;  // the most rows of x fgemv takes at once

@@ -10,11 +10,14 @@ namespace cpuk::avx2 {
 struct V {
   using T = __m256;
   static constexpr int L = 8;
+  static constexpr int regs = 16;  // vector registers
   static T zero() { return _mm256_setzero_ps(); }
   static T bcast(float v) { return _mm256_set1_ps(v); }
   static T load(const float* p) { return _mm256_loadu_ps(p); }
+  static void prefetch(const float* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0); }  // a hint: never faults, even past the end
   static void store(float* p, T v) { _mm256_storeu_ps(p, v); }
   static T add(T a, T b) { return _mm256_add_ps(a, b); }
+  static T mul(T a, T b) { return _mm256_mul_ps(a, b); }
   static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
   static float hsum(T v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

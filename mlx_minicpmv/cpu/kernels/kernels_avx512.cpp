@@ -15,11 +15,14 @@ namespace cpuk::avx512 {
 struct V {
   using T = __m512;
   static constexpr int L = 16;
+  static constexpr int regs = 32;  // vector registers
   static T zero() { return _mm512_setzero_ps(); }
   static T bcast(float v) { return _mm512_set1_ps(v); }
   static T load(const float* p) { return _mm512_loadu_ps(p); }
+  static void prefetch(const float* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0); }  // a hint: never faults, even past the end
   static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
   static T add(T a, T b) { return _mm512_add_ps(a, b); }
+  static T mul(T a, T b) { return _mm512_mul_ps(a, b); }
   static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
   static float hsum(T v) { return _mm512_reduce_add_ps(v); }
   static __m128i bytes(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }

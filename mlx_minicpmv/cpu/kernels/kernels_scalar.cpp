@@ -8,11 +8,14 @@ namespace cpuk::scalar {
 struct V {
   using T = float;
   static constexpr int L = 1;
+  static constexpr int regs = 16;  // vector registers
   static T zero() { return 0.0f; }
   static T bcast(float v) { return v; }
   static T load(const float* p) { return *p; }
+  static void prefetch(const float* p) { __builtin_prefetch(p); }  // a hint: never faults, even past the end
   static void store(float* p, T v) { *p = v; }
   static T add(T a, T b) { return a + b; }
+  static T mul(T a, T b) { return a * b; }
   static T fma(T a, T b, T c) { return a * b + c; }
   static float hsum(T v) { return v; }
   static T u8(const uint8_t* p) { return static_cast<float>(*p); }

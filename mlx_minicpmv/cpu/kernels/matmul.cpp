@@ -11,6 +11,7 @@
 
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/vector.h>
 
 #include <algorithm>
@@ -18,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "delta.h"
 #include "kernels.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/ops.h"
@@ -270,6 +272,15 @@ NB_MODULE(_cpu_kernels, m) {
         "x @ w.T for bfloat16 or float16 w, x and the result float32, on the CPU stream.");
   m.def("rows_matmul", &rows_matmul, nb::arg("x"), nb::arg("w"), nb::arg("isa") = "",
         "x @ w.T for float32 w (N, K) and a few rows of x, each weight read once for all rows, on the CPU stream.");
+  m.def("gated_delta_step",
+        [](const mx::array& q, const mx::array& k, const mx::array& v, const mx::array& g, const mx::array& beta,
+           const mx::array& state, const std::string& isa) {
+          auto out = cpuk::gated_delta_step(q, k, v, g, beta, state, isa_or_best(isa));
+          return std::make_pair(out[0], out[1]);
+        },
+        nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("g"), nb::arg("beta"), nb::arg("state"), nb::arg("isa") = "",
+        "One decoded token of the gated delta rule: (y (B, H, Dv), state) for float32 q, k (B, H, Dk), v, g, beta "
+        "(B, H) and state (B, H, Dv, Dk), on the CPU stream.");
   m.def("runnable_isas", &runnable_isas, "The kernel sets this CPU runs, best first.");
   m.def("threads", [] { return cpuk::Pool::get().threads(); }, "Threads the GEMV uses.");
 }

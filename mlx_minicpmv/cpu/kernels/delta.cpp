@@ -1,0 +1,87 @@
+// One decoded token of the gated delta rule (the DeltaNet layers' recurrence) on MLX's CPU
+// backend: each (sequence, head) of the batch through Isa::delta_step over the pool, one read
+// and one write of its state. A batch's decode step paid MLX's elementwise ops and reductions
+// over B states of 1 MB per layer: 2.1 ms a layer at 4 sequences against 0.5 at one.
+
+#include "delta.h"
+
+#include <stdexcept>
+#include <string>
+
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/ops.h"
+#include "mlx/primitives.h"
+#include "pool.h"
+
+namespace mx = mlx::core;
+
+namespace cpuk {
+
+namespace {
+
+class DeltaStep : public mx::Primitive {
+ public:
+  DeltaStep(mx::Stream s, const Isa* isa) : mx::Primitive(s), isa_(isa) {}
+
+  const char* name() const override { return "CpuGatedDeltaStep"; }
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("[cpu_kernels] CPU only: on a GPU mlx-lm's Metal kernel runs.");
+  }
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
+    return {in[2].shape(), in[5].shape()};
+  }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    return isa_ == static_cast<const DeltaStep&>(other).isa_;
+  }
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    std::vector<mx::array> held, out;
+    for (auto& a : inputs) {
+      encoder.set_input_array(a);
+      held.push_back(mx::array::unsafe_weak_copy(a));
+    }
+    for (auto& o : outputs) {
+      o.set_data(mx::allocator::malloc(o.nbytes()));
+      encoder.set_output_array(o);
+      out.push_back(mx::array::unsafe_weak_copy(o));
+    }
+    encoder.dispatch([isa = isa_, held = std::move(held), out = std::move(out)]() mutable {
+      const int Dk = held[0].shape(-1), Dv = held[2].shape(-1);
+      const long heads = held[3].size();
+      const float *q = held[0].data<float>(), *k = held[1].data<float>(), *v = held[2].data<float>();
+      const float *g = held[3].data<float>(), *beta = held[4].data<float>(), *s = held[5].data<float>();
+      float *y = out[0].data<float>(), *s_out = out[1].data<float>();
+      const long state = static_cast<long>(Dv) * Dk;
+      Pool::get().parallel_for(heads, 2, [&](long b, long e) {
+        for (long h = b; h < e; ++h)
+          isa->delta_step(s + h * state, q + h * Dk, k + h * Dk, v + h * Dv, g[h], beta[h], Dv, Dk, s_out + h * state,
+                          y + h * Dv);
+      });
+    });
+  }
+
+ private:
+  const Isa* isa_;
+};
+
+}  // namespace
+
+std::vector<mx::array> gated_delta_step(const mx::array& q, const mx::array& k, const mx::array& v, const mx::array& g,
+                                        const mx::array& beta, const mx::array& state, const Isa* isa) {
+  for (const mx::array* a : {&q, &k, &v, &g, &beta, &state})
+    if (a->dtype() != mx::float32) throw std::invalid_argument("[cpu_kernels] the delta rule's inputs must be float32");
+  if (q.ndim() != 3 || k.shape() != q.shape() || v.ndim() != 3 || v.shape(0) != q.shape(0) || v.shape(1) != q.shape(1))
+    throw std::invalid_argument("[cpu_kernels] q and k must be (B, H, Dk), v (B, H, Dv)");
+  if (g.shape() != mx::Shape{q.shape(0), q.shape(1)} || beta.shape() != g.shape())
+    throw std::invalid_argument("[cpu_kernels] g and beta must be (B, H)");
+  if (state.shape() != mx::Shape{q.shape(0), q.shape(1), v.shape(2), q.shape(2)})
+    throw std::invalid_argument("[cpu_kernels] the state must be (B, H, Dv, Dk)");
+  auto s = mx::to_stream(mx::Device::cpu);
+  std::vector<mx::array> inputs;
+  for (const mx::array* a : {&q, &k, &v, &g, &beta, &state}) inputs.push_back(mx::contiguous(*a, false, s));
+  return mx::array::make_arrays({v.shape(), state.shape()}, {mx::float32, mx::float32},
+                                std::make_shared<DeltaStep>(s, isa), inputs);
+}
+
+}  // namespace cpuk
