@@ -25,7 +25,10 @@ text (``spellable``): every other row is zero, so every decoded token arrives as
 to count and none ends an answer early. The matrices keep their shapes, so the work is the same.
 
 Figures are printed as measured (``ROW {json}``), with the machine's load (``uptime``) before
-and after, and as a table at the end. Never in the tests.
+and after, and kept in OUT/serve-SIZE/serve.json, merged with earlier runs', so a full run can be
+split (``--skip-video``; ``--streams`` with no counts for the video alone; one ``--impls`` at a
+time) and the table at the end still puts the figures of both implementations side by side,
+each with the date, commit and load of the run that measured it. Never in the tests.
 """
 
 import argparse
@@ -45,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from compare import OUT, convert_all, make_media, vlm_python  # noqa: E402
+from compare import OUT, convert_all, make_media, vlm_python, write_atomic  # noqa: E402
 from full_checkpoint import build  # noqa: E402
 from measure import FOLLOW_UP, QUESTION, report  # noqa: E402
 
@@ -356,7 +359,8 @@ def main():
     media.mkdir(exist_ok=True)
     video = media / "v720.mp4"
 
-    print("load before:", machine_load(), flush=True)
+    before = machine_load()
+    print("load before:", before, flush=True)
     results = {}
     if "ours" in args.impls:
         model = out / f"mlx-{args.variant}"
@@ -369,9 +373,28 @@ def main():
         cmd = [vlm_python(out), "-c", VLM_SERVER, "--model", model, "--host", "127.0.0.1",
                "--max-num-seqs", str(max(args.streams))]
         results["mlx-vlm"] = run_impl("mlx-vlm", cmd, str(model), str(video), args, out)
-    print("load after:", machine_load(), flush=True)
+    after = machine_load()
+    print("load after:", after, flush=True)
     print()
-    print(table(results, args.streams))
+    merged = keep(out / "serve.json", results, dict(before=before, after=after, streams=args.streams,
+                                                      video=not args.skip_video, decode_tokens=args.decode_tokens))
+    print(table(merged, sorted({int(k[6:]) for r in merged.values() for k in r if k.startswith("decode")})))
+
+
+def keep(path: Path, results: dict, run: dict) -> dict:
+    """Merge this run's figures into the file's: {impl: {figure: value, "runs": [...]}}."""
+    import datetime
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    run = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), commit=commit, **run)
+    merged = json.loads(path.read_text()) if path.exists() else {}
+    for impl, figures in results.items():
+        mine = merged.setdefault(impl, {})
+        mine.update(figures)
+        mine.setdefault("runs", []).append(dict(run, figures=sorted(figures)))
+    write_atomic(path, json.dumps(merged, indent=2))
+    order = sorted(merged, key=lambda impl: impl != "ours")  # ours first: the ratio column is ours / mlx-vlm
+    return {impl: {k: v for k, v in merged[impl].items() if k != "runs"} for impl in order}
 
 
 # mlx-vlm's server with the BLAS ours uses loaded first (as peers/mlx_vlm_peer.py does).

@@ -200,6 +200,22 @@ def test_frame_times_and_placeholders(tiny, tmp_path):
     assert len(out.video_spans) == 1
 
 
+def test_placeholders_without_pixels_are_the_same(tiny, tmp_path):
+    """pixels=False (the server's look-up of a stored state): the same ids, spans and target
+    sizes as the whole call, for a sliced image and a video, and no pixels."""
+    _, processor = tiny.load()
+    path = make_video(tmp_path / "v.mp4", 3.0, 10)
+    messages = [{"role": "user", "content": [{"type": "image", "image": noise_image(1344, 1008, seed=3)},
+                                             {"type": "video", "video": str(path)},
+                                             {"type": "text", "text": "Compare them."}]}]
+    whole, layout = processor(messages), processor(messages, pixels=False)
+    assert whole.input_ids.tolist() == layout.input_ids.tolist() and whole.text == layout.text
+    assert (whole.image_spans, whole.video_spans) == (layout.image_spans, layout.video_spans)
+    assert whole.target_sizes.tolist() == layout.target_sizes.tolist() and whole.target_sizes.shape[0] > 1
+    assert whole.target_sizes_videos.tolist() == layout.target_sizes_videos.tolist()
+    assert layout.pixel_values is None and layout.pixel_values_videos is None and whole.pixel_values is not None
+
+
 def test_end_to_end_image_question_equals_reference_generate(tiny, reference_processor):
     from mlx_minicpmv.generate import stream_tokens
 

@@ -104,7 +104,11 @@ def test_answers_equal_generate_greedy(tiny, files, client, case):
     assert usage.prompt_tokens == prompt_tokens and usage.prompt_tokens_details.cached_tokens > 0
 
 
-def test_follow_up_about_a_video_prefills_only_the_new_turn(tiny, files, server, client):
+def test_follow_up_about_a_video_prefills_only_the_new_turn(tiny, files, server, client, monkeypatch):
+    """...and resizes and encodes nothing: the stored state covers the video, so the processor
+    only counts its placeholders (its frames are neither resized nor through the vision tower)."""
+    from mlx_minicpmv.processing import processor as processing
+
     model, processor = tiny.load()
     scheduler = server[1]
     first = user({"type": "video_url", "video_url": {"url": "clip.mp4"}}, text("Summarise the video."))
@@ -112,14 +116,20 @@ def test_follow_up_about_a_video_prefills_only_the_new_turn(tiny, files, server,
     video_tokens = processor(user({"type": "video", "video": str(files / "media" / "clip.mp4")},
                                   text("Summarise the video."))).video_spans[0]
     follow = first + [{"role": "assistant", "content": r1.choices[0].message.content}, {"role": "user", "content": "Then?"}]
+    work = []
+    slice_image, encode = processing.slice_image, type(scheduler.ctx.model).encode_slices
+    monkeypatch.setattr(processing, "slice_image", lambda *a, **k: work.append("resize") or slice_image(*a, **k))
+    monkeypatch.setattr(type(scheduler.ctx.model), "encode_slices",
+                        lambda *a, **k: work.append("encode") or encode(*a, **k))
     r2 = client.chat.completions.create(model=MODEL, messages=follow, max_tokens=8)
+    assert work == []
     cached = r2.usage.prompt_tokens_details.cached_tokens
     print(f"follow-up: {r2.usage.prompt_tokens} prompt tokens, {cached} from the stored state")
     assert cached >= video_tokens[1] and r2.usage.prompt_tokens - cached < r1.usage.prompt_tokens / 4
     # The stored state changes nothing in the answer: the same request from nothing.
     scheduler.ctx.store.clear()
     r3 = client.chat.completions.create(model=MODEL, messages=follow, max_tokens=8)
-    assert r3.usage.prompt_tokens_details.cached_tokens == 0
+    assert r3.usage.prompt_tokens_details.cached_tokens == 0 and "resize" in work  # the counters see real work
     assert r3.choices[0].message.content == r2.choices[0].message.content
 
 

@@ -128,6 +128,21 @@ def patchify(chw: np.ndarray, patch_size: int) -> np.ndarray:
     return x.reshape(c, p, -1)
 
 
+def slice_layout(image: Image.Image, *, max_slice_nums=9, scale_resolution=448, patch_size=14,
+                 downsample_mode="16x", slice_mode=True) -> Tuple[SlicePlan, List[Tuple[int, int]], Optional[Tuple[int, int]]]:
+    """(plan, target sizes, grid or None) of one image: what ``slice_image`` cuts, without touching
+    a pixel (the placeholders of media a stored state already covers need no more than this)."""
+    width, height = image.info.get("original_size", image.size)
+    plan = plan_slices((height, width), max_slice_nums=max_slice_nums, scale_resolution=scale_resolution,
+                       patch_size=patch_size, downsample_mode=downsample_mode, slice_mode=slice_mode)
+    p = patch_size
+    sizes = [(plan.source[0] // p, plan.source[1] // p)]
+    if plan.grid is not None:
+        th, tw = plan.tile
+        sizes += [(th // p, tw // p)] * (plan.grid[0] * plan.grid[1])
+    return plan, sizes, plan.grid
+
+
 def slice_image(image: Image.Image, *, max_slice_nums=9, scale_resolution=448, patch_size=14,
                 downsample_mode="16x", slice_mode=True, mean=(0.5,) * 3, std=(0.5,) * 3):
     """One RGB image -> (strips [source, tile_0, ...], target sizes, grid or None).
@@ -136,23 +151,19 @@ def slice_image(image: Image.Image, *, max_slice_nums=9, scale_resolution=448, p
     original to the refine size, both bicubic (PIL), exactly as the reference. The plan uses the
     size of the file as it was (``info["original_size"]``) when it was decoded reduced.
     """
-    width, height = image.info.get("original_size", image.size)
-    size = (height, width)
-    plan = plan_slices(size, max_slice_nums=max_slice_nums, scale_resolution=scale_resolution,
-                       patch_size=patch_size, downsample_mode=downsample_mode, slice_mode=slice_mode)
+    plan, sizes, grid = slice_layout(image, max_slice_nums=max_slice_nums, scale_resolution=scale_resolution,
+                                     patch_size=patch_size, downsample_mode=downsample_mode, slice_mode=slice_mode)
     image = bound_pixels(image, plan)
     p = patch_size
     source = image.resize(plan.source[::-1], Image.BICUBIC)
     strips = [patchify(normalize(source, mean, std), p)]
-    sizes: List[Tuple[int, int]] = [(plan.source[0] // p, plan.source[1] // p)]
-    if plan.grid is not None:
+    if grid is not None:
         refine = normalize(image.resize(plan.refine[::-1], Image.BICUBIC), mean, std)
         th, tw = plan.tile
-        for r in range(plan.grid[0]):
-            for c in range(plan.grid[1]):
+        for r in range(grid[0]):
+            for c in range(grid[1]):
                 strips.append(patchify(refine[:, r * th : (r + 1) * th, c * tw : (c + 1) * tw], p))
-                sizes.append((th // p, tw // p))
-    return strips, sizes, plan.grid
+    return strips, sizes, grid
 
 
 def open_header(source) -> Image.Image:

@@ -11,7 +11,7 @@ import numpy as np
 from ..downsample import merge_side, patches_per_token
 from ..options import check
 from . import prompt
-from .image import load_image, slice_image
+from .image import load_image, slice_image, slice_layout
 from .video import load_video_units
 
 # Video settings of the model card: one slice per frame, no image ids.
@@ -75,7 +75,7 @@ class ProcessorOutput:
 
 @dataclass
 class PackedVision:
-    pixel_values: np.ndarray
+    pixel_values: Optional[np.ndarray]  # None when packed for the placeholders alone (pixels=False)
     target_sizes: np.ndarray
     replacements: List[str]
     tokens: List[int]  # placeholder tokens per image / video
@@ -136,8 +136,9 @@ class Processor:
 
     # -- pieces -----------------------------------------------------------------------------
     def pack(self, units_per_item, pad: str, *, max_slice_nums, downsample_mode, use_image_id,
-             first_id: int = 0) -> PackedVision:
-        """Slice every image of every item; one placeholder text per item (spec §8)."""
+             first_id: int = 0, pixels: bool = True) -> PackedVision:
+        """Slice every image of every item; one placeholder text per item (spec §8). Without
+        ``pixels`` only the layout: the placeholders and target sizes, no resize."""
         c = self.image_config
         divisor = patches_per_token(downsample_mode)
         strips, sizes, replacements, tokens = [], [], [], []
@@ -145,10 +146,12 @@ class Processor:
             text = prompt.image_id(k, self.tokens) if use_image_id else ""
             count = 0
             for image in images:
-                s, hw, grid = slice_image(
-                    image, max_slice_nums=max_slice_nums, scale_resolution=c["scale_resolution"],
-                    patch_size=c["patch_size"], downsample_mode=downsample_mode, slice_mode=c["slice_mode"],
-                    mean=c["image_mean"], std=c["image_std"])
+                layout = dict(max_slice_nums=max_slice_nums, scale_resolution=c["scale_resolution"],
+                              patch_size=c["patch_size"], downsample_mode=downsample_mode, slice_mode=c["slice_mode"])
+                if pixels:
+                    s, hw, grid = slice_image(image, mean=c["image_mean"], std=c["image_std"], **layout)
+                else:
+                    s, (_, hw, grid) = [], slice_layout(image, **layout)
                 n = [h * w // divisor for h, w in hw]
                 text += prompt.unit_placeholder(pad, n, grid, self.tokens)
                 strips += s
@@ -156,8 +159,8 @@ class Processor:
                 count += sum(n)
             replacements.append(text)
             tokens.append(count)
-        return PackedVision(np.concatenate(strips, axis=-1)[None], np.asarray(sizes, np.int32).reshape(-1, 2),
-                            replacements, tokens)
+        pixel_values = np.concatenate(strips, axis=-1)[None] if pixels else None
+        return PackedVision(pixel_values, np.asarray(sizes, np.int32).reshape(-1, 2), replacements, tokens)
 
     def process_images(self, images, *, max_slice_nums=None, downsample_mode=None, use_image_id=None,
                        first_id: int = 0) -> PackedVision:
@@ -166,25 +169,29 @@ class Processor:
                                 downsample_mode=downsample_mode, use_image_id=use_image_id, first_id=first_id)
 
     def pack_images(self, images, *, max_slice_nums=None, downsample_mode=None, use_image_id=None,
-                    first_id: int = 0) -> PackedVision:
+                    first_id: int = 0, pixels: bool = True) -> PackedVision:
         """Images already through ``load_image`` (each decoded once) -> slices and placeholders."""
         c = self.image_config
         return self.pack(
             [[i] for i in images], self.tokens.image,
             max_slice_nums=c["max_slice_nums"] if max_slice_nums is None else check("max_slice_nums", max_slice_nums),
             downsample_mode=downsample_mode or c["downsample_mode"],
-            use_image_id=c["use_image_id"] if use_image_id is None else use_image_id, first_id=first_id)
+            use_image_id=c["use_image_id"] if use_image_id is None else use_image_id, first_id=first_id, pixels=pixels)
 
     # -- the call ---------------------------------------------------------------------------
     def __call__(self, messages, *, max_slice_nums=None, downsample_mode=None, use_image_id=None,
                  enable_thinking=False, add_generation_prompt=True, tools=None, prefix: str = "",
-                 first_image_id: int = 0, first_video_id: int = 0, **video_options) -> ProcessorOutput:
+                 first_image_id: int = 0, first_video_id: int = 0, pixels: bool = True,
+                 **video_options) -> ProcessorOutput:
         """Chat messages in the transformers form -> ``ProcessorOutput``.
 
         Image options mirror the reference processor; video options are ``max_num_frames``,
         ``fps``, ``stack_frames``, ``video_max_slice_nums`` and ``video_use_image_id``.
         ``prefix`` and the ``first_*_id``s continue an earlier conversation: the rendered
         ``messages`` follow ``prefix`` and number their images after the earlier ones.
+        ``pixels=False`` returns the ids, spans and target sizes without resizing a pixel
+        (``pixel_values*`` None): the server's look-up of a stored state needs no more, and a
+        follow-up about a video whose state is stored then costs no resize of its frames.
         """
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
@@ -193,7 +200,7 @@ class Processor:
         out, expanded, (image_tokens, video_tokens) = self.expand_media(
             text, messages, max_slice_nums=max_slice_nums, downsample_mode=downsample_mode,
             use_image_id=use_image_id, first_image_id=first_image_id, first_video_id=first_video_id,
-            **video_options)
+            pixels=pixels, **video_options)
         ids = self.plain.encode(expanded)
         out.input_ids = mx.array([ids], dtype=mx.int32)
         out.text = self.plain.restore(expanded)
@@ -202,7 +209,7 @@ class Processor:
         return out
 
     def expand_media(self, text: str, messages, *, max_slice_nums=None, downsample_mode=None, use_image_id=None,
-                     first_image_id: int = 0, first_video_id: int = 0, **video_options):
+                     first_image_id: int = 0, first_video_id: int = 0, pixels: bool = True, **video_options):
         """The images and videos of ``messages`` read and sliced, and ``text`` (the prompt
         rendered from them) with each pad expanded to its placeholder text.
 
@@ -231,9 +238,9 @@ class Processor:
         expanded = text
         if images:
             packed = self.pack_images(images, max_slice_nums=max_slice_nums, downsample_mode=mode,
-                                      use_image_id=use_image_id, first_id=first_image_id)
+                                      use_image_id=use_image_id, first_id=first_image_id, pixels=pixels)
             expanded = prompt.expand(expanded, self.tokens.image, packed.replacements)
-            out.pixel_values, out.target_sizes = mx.array(packed.pixel_values), mx.array(packed.target_sizes)
+            out.pixel_values, out.target_sizes = as_array(packed.pixel_values), mx.array(packed.target_sizes)
             image_tokens = packed.tokens
         else:
             prompt.expand(expanded, self.tokens.image, [])
@@ -249,9 +256,10 @@ class Processor:
             packed = self.pack([[u for u, _ in units] for units in videos], self.tokens.video,
                                max_slice_nums=v["video_max_slice_nums"], downsample_mode=mode,
                                use_image_id=v["video_use_image_id"] and VIDEO_IMAGE_IDS[self.model_type],
-                               first_id=first_video_id)
+                               first_id=first_video_id, pixels=pixels)
             expanded = prompt.expand(expanded, self.tokens.video, packed.replacements)
-            out.pixel_values_videos, out.target_sizes_videos = mx.array(packed.pixel_values), mx.array(packed.target_sizes)
+            out.pixel_values_videos = as_array(packed.pixel_values)
+            out.target_sizes_videos = mx.array(packed.target_sizes)
             out.frame_times = [[t for _, t in units] for units in videos]
             out.warnings = [w for units in videos for w in getattr(units, "warnings", [])]
             video_tokens = packed.tokens
@@ -263,6 +271,10 @@ class Processor:
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode(list(ids))
+
+
+def as_array(pixels: Optional[np.ndarray]) -> Optional[mx.array]:
+    return None if pixels is None else mx.array(pixels)
 
 
 def frames_as_units(frames) -> list:

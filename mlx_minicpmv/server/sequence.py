@@ -159,7 +159,11 @@ class Sequence:
     # -- before the prefill ---------------------------------------------------------------------
     def prepare(self, ctx: "ModelContext") -> None:
         job, model, processor = self.job, ctx.model, ctx.processor
-        inputs = processor(job.messages, enable_thinking=job.enable_thinking, **job.processor_options)
+        # The placeholders first, without a pixel resized: a follow-up resends every image and video
+        # of the chat, and the stored state may cover them all (a 60 s video's 60 frames took most
+        # of a follow-up's 22.8 s to resize, only to be counted).
+        options = dict(enable_thinking=job.enable_thinking, **job.processor_options)
+        inputs = processor(job.messages, pixels=False, **options)
         ids = np.asarray(inputs.input_ids).reshape(-1)
         self.ids = ids.tolist()
         n_ctx = model.config.text_config.max_position_embeddings
@@ -184,6 +188,8 @@ class Sequence:
         cache, self.cached = store.lookup(self.ids, self.media, limit=len(self.ids) - 1)
         self.cache = cache if cache is not None else model.make_cache()
         self.done_to = self.cached
+        if any(start >= self.cached for _, start in self.media):  # media to encode: their pixels after all
+            inputs = processor(job.messages, **options)
         has_system = job.messages[0]["role"] == "system"
         self.saves = [p for p in save_points(self.ids, ctx.im_start, has_system) if self.cached < p < len(self.ids)]
 
