@@ -173,4 +173,8 @@ MUTATIONS = [
     dict(name="cr-jpeg-half-scale", file="mlx_minicpmv/processing/image.py",
          find="        if scale >= 2:\n", replace="        if scale >= 3:\n",
          tests=["tests/test_processor.py::test_a_panorama_jpeg_past_the_pixel_budget_opens_at_half_scale"]),
+    dict(name="cr-follow-up-first-question", file="app/worker.py",
+         find='stream = follow_up(self.model, self.processor, summary, messages[-1]["content"],',
+         replace='stream = follow_up(self.model, self.processor, summary, messages[- 0]["content"],',
+         tests=["tests/test_app_worker.py::test_a_question_after_a_summary_gets_the_system_prompt"]),
 ]
