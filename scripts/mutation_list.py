@@ -177,4 +177,7 @@ MUTATIONS = [
          find='stream = follow_up(self.model, self.processor, summary, messages[-1]["content"],',
          replace='stream = follow_up(self.model, self.processor, summary, messages[- 0]["content"],',
          tests=["tests/test_app_worker.py::test_a_question_after_a_summary_gets_the_system_prompt"]),
+    dict(name="cr-two-frames-stacked", file="mlx_minicpmv/processing/video.py",
+         find="rows, cols = [(1, 2), (2, 1)][int(np.argmin(r))]", replace="rows, cols = [(1, 2), (2, 0)][int(np.argmin(r))]",
+         tests=["tests/test_processor.py::test_two_frames_of_a_second_share_the_squarer_canvas[wide]"]),
 ]

@@ -294,6 +294,23 @@ def test_a_panorama_jpeg_past_the_pixel_budget_opens_at_half_scale(tmp_path):
     assert image.size == (11000, 1500) and image.info["original_size"] == (22000, 3000)
 
 
+@pytest.mark.parametrize("size,canvas", [((64, 48), (64, 102)), ((48, 64), (102, 64)), ((22, 30), (22, 66))],
+                         ids=["wide", "tall", "tied"])
+def test_two_frames_of_a_second_share_the_squarer_canvas(size, canvas):
+    """Two sub-frames of a second go side by side or one above the other, whichever canvas is
+    closer to square, with a 6 px black line between; 22x30 frames tie, and are stacked, as
+    in the reference (tests/test_video_reference.py compares with it where torchvision runs)."""
+    from mlx_minicpmv.processing.video import stack_canvas
+
+    out = np.asarray(stack_canvas([Image.new("RGB", size, (255, 0, 0)), Image.new("RGB", size, (0, 0, 255))]))
+    width, height = size
+    assert (out.shape[1], out.shape[0]) == canvas
+    assert (out[:height, :width] == (255, 0, 0)).all()
+    line, second = (out[:, width:width + 6], out[:, width + 6:]) if canvas[0] > width else \
+        (out[height:height + 6], out[height + 6:])
+    assert (line == 0).all() and (second == (0, 0, 255)).all()
+
+
 def test_rotated_phone_video_is_turned_upright(tmp_path):
     """A portrait phone video: landscape frames plus a 'rotate 90° clockwise' display matrix."""
     import av
