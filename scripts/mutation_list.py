@@ -180,4 +180,10 @@ MUTATIONS = [
     dict(name="cr-two-frames-stacked", file="mlx_minicpmv/processing/video.py",
          find="rows, cols = [(1, 2), (2, 1)][int(np.argmin(r))]", replace="rows, cols = [(1, 2), (2, 0)][int(np.argmin(r))]",
          tests=["tests/test_processor.py::test_two_frames_of_a_second_share_the_squarer_canvas[wide]"]),
+    dict(name="cr-mtp-ends-sanitize", file="mlx_minicpmv/model/minicpmv.py",
+         find="continue  # MTP weights are never used", replace="break  # MTP weights are never used",
+         tests=["tests/test_model.py::test_sanitize_is_pure_and_idempotent"]),
+    dict(name="cr-swiglu-other-dtypes", file="mlx_minicpmv/cpu/fast_math.py",
+         find="        return nn.silu(gate) * x\n", replace="        return nn.silu(gate) / x\n",
+         tests=["tests/test_cpu_math.py::test_other_dtypes_use_mlx_ops"]),
 ]

@@ -81,6 +81,9 @@ def test_other_dtypes_use_mlx_ops():
     assert not fast_math.fast(x)
     assert fast_math.silu(x).dtype == mx.bfloat16
     assert mx.array_equal(fast_math.silu(x), nn.silu(x))
+    y = x[::-1]
+    assert fast_math.swiglu(x, y).dtype == mx.bfloat16
+    assert mx.array_equal(fast_math.swiglu(x, y), nn.silu(x) * y)
 
 
 @pytest.mark.parametrize("L, S", [(9, 9), (5, 17)])  # a prefill, and a follow-up turn's chunk after 12 cached

@@ -216,3 +216,7 @@ def test_sanitize_is_pure_and_idempotent(tiny):
     assert all(np.array_equal(np.array(once[k]), np.array(twice[k])) for k in once)
     assert all(np.array_equal(before[k], np.array(weights[k])) for k in weights), "input left untouched"
     assert "lm_head.weight" not in once and not any(k.startswith("model.") for k in once)
+    # MTP weights (none in the release, spec §16.19, but a re-export may carry them) are dropped,
+    # and only they: a checkpoint that lists them first loads as one without them.
+    with_mtp = {"mtp.fc.weight": mx.zeros((2, 2)), "model.mtp.layers.0.norm.weight": mx.zeros((2,)), **weights}
+    assert set(model.sanitize(with_mtp)) == set(once)
