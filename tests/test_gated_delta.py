@@ -1,12 +1,14 @@
-"""The chunked gated delta rule and the decode step's kernel against mlx-lm's per-token recurrence."""
+"""The CPU forms of the gated delta rule (the prompt's scan and the decode step's kernels, the
+chunked form) against mlx-lm's per-token recurrence, and the dispatcher's choice between them."""
 
 import mlx.core as mx
 import numpy as np
 import pytest
-from mlx_lm.models.gated_delta import gated_delta_ops, gated_delta_update
+from mlx_lm.models.gated_delta import compute_g, gated_delta_ops, gated_delta_update
 
+from mlx_minicpmv.cpu import gated_delta as cpu_gated_delta
 from mlx_minicpmv.cpu import kernels
-from mlx_minicpmv.cpu.gated_delta import chunked_gated_delta, gated_delta
+from mlx_minicpmv.cpu.gated_delta import chunked_gated_delta, gated_delta, scanned_gated_delta
 
 
 @pytest.mark.parametrize("T,Hk,Hv,Dk,Dv", [(1, 2, 4, 16, 16), (37, 2, 2, 32, 32), (64, 1, 3, 8, 12),
@@ -117,4 +119,71 @@ def test_a_decoded_token_through_the_kernel_equals_mlx_lm(with_state):
     y, s = gated_delta(q, k, v, a, b, A_log, dt_bias, state)
     assert y.shape == y_ref.shape and s.shape == s_ref.shape
     np.testing.assert_allclose(np.array(y), np.array(y_ref), atol=2e-5, rtol=0)
+    np.testing.assert_allclose(np.array(s), np.array(s_ref), atol=2e-5, rtol=0)
+
+
+def layer_inputs(B, T, Hk, Hv, Dk, Dv, with_state):
+    """q, k, v, g, beta, state as the DeltaNet layer hands them over (q and k normalised, q scaled)."""
+    mx.random.seed(T * B)
+    q, k = mx.random.normal((B, T, Hk, Dk)), mx.random.normal((B, T, Hk, Dk))
+    q = q / mx.linalg.norm(q, axis=-1, keepdims=True) * Dk**-0.5
+    k = k / mx.linalg.norm(k, axis=-1, keepdims=True)
+    v = mx.random.normal((B, T, Hv, Dv))
+    g = mx.exp(-mx.random.uniform(0, 2, (B, T, Hv)))
+    beta = mx.sigmoid(mx.random.normal((B, T, Hv)))
+    state = mx.random.normal((B, Hv, Dv, Dk)) * 0.3 if with_state else None
+    return q, k, v, g, beta, state
+
+
+# Each instruction set this CPU runs; Dk 40 and Dv 6 leave tails after the vectors and the
+# blocks of four rows; a batch of 2 with grouped key heads (Hv = 2 Hk) reads head h's keys at h // 2;
+# 130 tokens at the real head sizes cross the 16 KB blocks of state rows.
+@pytest.mark.skipif(kernels.load() is None, reason="the CPU kernels are built on Linux only")
+@pytest.mark.parametrize("B,T,Hk,Hv,Dk,Dv", [(1, 1, 2, 4, 16, 16), (1, 130, 16, 16, 128, 128), (2, 37, 2, 4, 40, 6),
+                                             (1, 5, 1, 3, 8, 12)])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_a_prompt_through_the_scan_equals_the_recurrence(B, T, Hk, Hv, Dk, Dv, with_state):
+    q, k, v, g, beta, state = layer_inputs(B, T, Hk, Hv, Dk, Dv, with_state)
+    y_ref, s_ref = gated_delta_ops(q, k, v, g, beta, state)
+    for isa in kernels._module.runnable_isas():
+        zeros = mx.zeros((B, Hv, Dv, Dk)) if state is None else state
+        y, s = kernels.gated_delta_scan(q, k, v, g, beta, zeros, isa=isa)
+        np.testing.assert_allclose(np.array(y), np.array(y_ref), atol=2e-5, rtol=0, err_msg=isa)
+        np.testing.assert_allclose(np.array(s), np.array(s_ref), atol=2e-5, rtol=0, err_msg=isa)
+    y, s = scanned_gated_delta(q, k, v, g, beta, state)
+    np.testing.assert_allclose(np.array(y), np.array(y_ref), atol=2e-5, rtol=0)
+
+
+@pytest.mark.skipif(kernels.load() is None, reason="the CPU kernels are built on Linux only")
+def test_the_scan_refuses_what_it_cannot_compute():
+    q, k, v, g, beta, state = layer_inputs(1, 4, 2, 3, 8, 8, True)  # 3 value heads over 2 key heads
+    with pytest.raises(ValueError, match="multiple of the key heads"):
+        kernels.gated_delta_scan(q, k, v, g, beta, state)
+    q, k, v, g, beta, state = layer_inputs(1, 4, 1, 1, 8, 8, True)
+    with pytest.raises(ValueError, match="must be float32"):
+        kernels.gated_delta_scan(q.astype(mx.bfloat16), k, v, g, beta, state)
+    with pytest.raises(ValueError, match="state must be"):
+        kernels.gated_delta_scan(q, k, v, g, beta, state[:, :, :4])
+
+
+@pytest.mark.skipif(kernels.load() is None, reason="the CPU kernels are built on Linux only")
+def test_a_prompt_takes_the_scan_and_training_or_no_kernels_the_chunks(monkeypatch):
+    """A prompt's unmasked call goes through the scan; in training, or without the kernels, through
+    the chunked form: each the recurrence's numbers."""
+    q, k, v, _, _, state = layer_inputs(1, 20, 2, 4, 16, 16, True)
+    a, b = mx.random.normal((1, 20, 4)), mx.random.normal((1, 20, 4))
+    A_log, dt_bias = mx.random.normal((4,)) * 0.5, mx.random.normal((4,)) * 0.5
+    y_ref, s_ref = gated_delta_ops(q, k, v, compute_g(A_log, a, dt_bias), mx.sigmoid(b), state)
+    used = []
+    for name in ("scanned_gated_delta", "chunked_gated_delta"):
+        real = getattr(cpu_gated_delta, name)
+        spy = lambda *x, real=real, name=name, **kw: used.append(name) or real(*x, **kw)  # noqa: E731
+        monkeypatch.setattr(cpu_gated_delta, name, spy)
+    y, s = gated_delta(q, k, v, a, b, A_log, dt_bias, state)
+    y_trained, _ = gated_delta(q, k, v, a, b, A_log, dt_bias, state, training=True)
+    monkeypatch.setattr(kernels, "load", lambda: None)
+    y_chunked, _ = gated_delta(q, k, v, a, b, A_log, dt_bias, state)
+    assert used == ["scanned_gated_delta", "chunked_gated_delta", "chunked_gated_delta"]
+    for got in (y, y_trained, y_chunked):
+        np.testing.assert_allclose(np.array(got), np.array(y_ref), atol=2e-5, rtol=0)
     np.testing.assert_allclose(np.array(s), np.array(s_ref), atol=2e-5, rtol=0)

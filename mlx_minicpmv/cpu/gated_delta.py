@@ -1,14 +1,21 @@
-"""Gated delta rule for CPU prefill: a chunked, matmul-shaped form beside mlx-lm's recurrence.
+"""Gated delta rule for CPU prefill: one kernel over the prompt, or a chunked, matmul-shaped form.
 
 mlx-lm runs the recurrence as a Metal kernel on the GPU; on MLX's CPU backend it falls back
-to a Python loop of one compiled step per token, which is slow for long prompts. The chunked
-form (the one transformers uses; spec §5.4) does the same math as a few matmuls per 64-token
-chunk. A decoded token goes through ``cpu/kernels``' ``gated_delta_step``, one pass over each
-state where MLX's ops make four (2.1 ms a layer for a batch of 4 against 0.5 ms for one
-sequence: most of what a batch's decode step added besides the matmuls). ``gated_delta``
-dispatches: the chunked form for unmasked multi-token calls, the kernel for one unmasked token
-outside training, mlx-lm's recurrence otherwise. tests/test_gated_delta.py checks them against
-each other, gradients too.
+to a Python loop of one compiled step per token, which is slow for long prompts. A prompt goes
+through ``cpu/kernels``' ``gated_delta_scan``: mlx-lm's per-token step in C++, token after
+token, each head on the kernels' thread pool, one call a layer. The chunked form (the one
+transformers uses; spec §5.4) does the same math as a few matmuls per 64-token chunk, which
+MLX runs as ~1,000 small sgemm calls a layer, each split over OpenBLAS's threads: ~33-50 ms a
+layer at 511 tokens on two quiet cores, seconds on two busy ones, where each call waits for its
+second thread to be scheduled (a 512-token prefill of the full-size model took 120-139 s, a
+profile put 107 s of 128 in this rule, while other processes ran). It serves training (the
+scan has no gradient) and machines where the kernels cannot be built. A decoded token goes
+through the kernels' ``gated_delta_step``, one pass over each state where MLX's ops make four
+(2.1 ms a layer for a batch of 4 against 0.5 ms for one sequence: most of what a batch's
+decode step added besides the matmuls). ``gated_delta`` dispatches: the scan, else the chunked
+form, for unmasked multi-token calls, the step for one unmasked token outside training,
+mlx-lm's recurrence otherwise. tests/test_gated_delta.py checks them against each other,
+gradients too.
 
 In training the chunked form is differentiated as it stands (MLX's triangular inverse gets its
 gradient from ``unit_lower_inverse``; ``mx.exp`` replaces the fast exp, whose bit tricks have
@@ -114,13 +121,24 @@ def chunked_gated_delta(q, k, v, log_g, beta, state=None, chunk: int = CHUNK, ex
 
 
 def gated_delta(q, k, v, a, b, A_log, dt_bias, state=None, mask=None, *, training: bool = False):
-    """mlx-lm's ``gated_delta_update`` contract; the chunked form or the kernel where they apply."""
+    """mlx-lm's ``gated_delta_update`` contract; the kernels or the chunked form where they apply."""
     if not training and mask is None and q.shape[1] == 1 and kernels.load() is not None:
         return delta_step(q, k, v, compute_g(A_log, a, dt_bias), mx.sigmoid(b), state)
     if mask is not None or q.shape[1] == 1:
         return gated_delta_update(q, k, v, a, b, A_log, dt_bias, state, mask, use_kernel=not training)
+    if not training and kernels.load() is not None:
+        return scanned_gated_delta(q, k, v, compute_g(A_log, a, dt_bias), mx.sigmoid(b), state)
     return chunked_gated_delta(q, k, v, log_decay(A_log, a, dt_bias), mx.sigmoid(b), state,
                                exp=mx.exp if training else fast_math.exp)
+
+
+def scanned_gated_delta(q, k, v, g, beta, state=None):
+    """A prompt through the kernel, in ``gated_delta_ops``' shapes (g the decay in linear space)."""
+    B, _, _, Dk = q.shape
+    Hv, Dv = v.shape[-2:]
+    state = mx.zeros((B, Hv, Dv, Dk), mx.float32) if state is None else state
+    y, state = kernels.gated_delta_scan(*(x.astype(mx.float32) for x in (q, k, v, g, beta, state)))
+    return y.astype(q.dtype), state
 
 
 def delta_step(q, k, v, g, beta, state=None):

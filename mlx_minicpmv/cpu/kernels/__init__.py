@@ -20,7 +20,8 @@ import warnings
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ("CMakeLists.txt", "matmul.cpp", "delta.h", "delta.cpp", "pool.h", "pool.cpp", "dispatch.cpp", "kernels.h",
+SOURCES = ("CMakeLists.txt", "matmul.cpp", "delta.h", "delta.cpp", "scan.h", "scan.cpp", "pool.h", "pool.cpp",
+           "dispatch.cpp", "kernels.h",
            "kernels_impl.h", "kernels_scalar.cpp", "kernels_avx2.cpp", "kernels_avx512.cpp")
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)
@@ -90,6 +91,13 @@ def gated_delta_step(q, k, v, g, beta, state, isa: str = None):
     return _module.gated_delta_step(q, k, v, g, beta, state, _isa if isa is None else isa)
 
 
+def gated_delta_scan(q, k, v, g, beta, state, isa: str = None):
+    """The gated delta rule over T tokens, ``(y, state)``: q, k (B, T, Hk, Dk), v (B, T, Hv, Dv),
+    g and beta (B, T, Hv), state (B, Hv, Dv, Dk), all float32 (mlx-lm's ``gated_delta_ops`` with
+    scalar gating and no mask, Hv a multiple of Hk); needs ``load()``."""
+    return _module.gated_delta_scan(q, k, v, g, beta, state, _isa if isa is None else isa)
+
+
 def _self_test(module) -> None:
     """Refuse kernels that disagree with MLX (a miscompiled instruction set, a nanobind ABI that
     no longer matches): every path once, GEMV (1 row) and GEMM (5 rows), against MLX in fp32."""
@@ -110,7 +118,8 @@ def _self_test(module) -> None:
         for n in (rows, rows + 8):  # the rows of one pass, and more than one pass (8 at most each)
             xf = mx.random.normal((n, 128), key=mx.random.key(n))
             checks.append((module.rows_matmul(xf, w, _isa), xf @ w.T, f"float32, {n} rows"))
-        checks.append((*_delta_checks(module, rows), "the delta rule"))
+        checks.append((*_delta_checks(module, rows), "the delta rule's step"))
+        checks.append((*_scan_check(module, rows), "the delta rule over a prompt"))
         for got, want, what in checks:
             if not mx.allclose(got, want, rtol=1e-4, atol=1e-4).item():
                 raise RuntimeError(f"the {isa_name(module)} kernels disagree with MLX ({what}, {rows} rows)")
@@ -129,6 +138,22 @@ def _delta_checks(module, batch):
     state = mx.random.normal((batch, H, Dv, Dk), key=key[5])
     y, s = module.gated_delta_step(q, k, v, g, beta, state, _isa)
     want_y, want_s = _gated_delta_step_ops(q, k, v, g, beta, state)
+    return mx.concatenate([y.flatten(), s.flatten()]), mx.concatenate([want_y.flatten(), want_s.flatten()])
+
+
+def _scan_check(module, batch):
+    """The delta rule's scan and mlx-lm's ops on random inputs: (ours, theirs), y and state joined."""
+    import mlx.core as mx
+    from mlx_lm.models.gated_delta import gated_delta_ops
+
+    key = mx.random.split(mx.random.key(batch), 6)
+    T, Hk, Hv, Dk, Dv = 3, 1, 2, 40, 6  # Dk with a tail after the vectors, Dv with rows after the blocks of 4
+    q, k = (mx.random.normal((batch, T, Hk, Dk), key=key[i]) * 0.2 for i in range(2))
+    v = mx.random.normal((batch, T, Hv, Dv), key=key[2])
+    g, beta = (mx.random.uniform(shape=(batch, T, Hv), key=key[i]) for i in (3, 4))
+    state = mx.random.normal((batch, Hv, Dv, Dk), key=key[5])
+    y, s = module.gated_delta_scan(q, k, v, g, beta, state, _isa)
+    want_y, want_s = gated_delta_ops(q, k, v, g, beta, state)
     return mx.concatenate([y.flatten(), s.flatten()]), mx.concatenate([want_y.flatten(), want_s.flatten()])
 
 

@@ -25,6 +25,7 @@
 #include "mlx/ops.h"
 #include "mlx/primitives.h"
 #include "pool.h"
+#include "scan.h"
 
 namespace mx = mlx::core;
 namespace nb = nanobind;
@@ -281,6 +282,15 @@ NB_MODULE(_cpu_kernels, m) {
         nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("g"), nb::arg("beta"), nb::arg("state"), nb::arg("isa") = "",
         "One decoded token of the gated delta rule: (y (B, H, Dv), state) for float32 q, k (B, H, Dk), v, g, beta "
         "(B, H) and state (B, H, Dv, Dk), on the CPU stream.");
+  m.def("gated_delta_scan",
+        [](const mx::array& q, const mx::array& k, const mx::array& v, const mx::array& g, const mx::array& beta,
+           const mx::array& state, const std::string& isa) {
+          auto out = cpuk::gated_delta_scan(q, k, v, g, beta, state, isa_or_best(isa));
+          return std::make_pair(out[0], out[1]);
+        },
+        nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("g"), nb::arg("beta"), nb::arg("state"), nb::arg("isa") = "",
+        "The gated delta rule over T tokens: (y (B, T, Hv, Dv), state) for float32 q, k (B, T, Hk, Dk), v, g, beta "
+        "(B, T, Hv) and state (B, Hv, Dv, Dk), on the CPU stream.");
   m.def("runnable_isas", &runnable_isas, "The kernel sets this CPU runs, best first.");
   m.def("threads", [] { return cpuk::Pool::get().threads(); }, "Threads the GEMV uses.");
 }
