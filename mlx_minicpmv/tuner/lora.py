@@ -5,7 +5,8 @@ mlx-lm's ``lora`` command with its flags and meanings (``--train``, ``--test``, 
 plus ``--train-vision`` and the media options of ``generate``. Here ``--mask-prompt`` is on by
 default (the loss is on the answers; ``--no-mask-prompt`` trains on the whole conversation).
 The training step runs the portable model (MLX's own ops, as on Metal): the CPU
-specialisations (``mlx_minicpmv/cpu``) have no gradients.
+specialisations (``mlx_minicpmv/cpu``) have no gradients, but for the DeltaNet layers' chunked
+delta rule, which MLX's CPU backend trains through (``load_for_training``).
 """
 
 import argparse
