@@ -365,13 +365,13 @@ def main():
     if "ours" in args.impls:
         model = out / f"mlx-{args.variant}"
         cmd = [sys.executable, "-m", "mlx_minicpmv.server", "--model", model, "--media-dir", media,
-               "--max-concurrency", str(max(args.streams)), "--temp", "0"]
+               "--max-concurrency", str(max(args.streams, default=1)), "--temp", "0"]
         results["ours"] = run_impl("ours", cmd, model.name, "v720.mp4", args, out)
     if "mlx-vlm" in args.impls:
         model = out / f"vlm-{args.variant}"
         # mlx-vlm's server loads the model a request names; it listens on 0.0.0.0 unless told.
         cmd = [vlm_python(out), "-c", VLM_SERVER, "--model", model, "--host", "127.0.0.1",
-               "--max-num-seqs", str(max(args.streams))]
+               "--max-num-seqs", str(max(args.streams, default=1))]
         results["mlx-vlm"] = run_impl("mlx-vlm", cmd, str(model), str(video), args, out)
     after = machine_load()
     print("load after:", after, flush=True)
