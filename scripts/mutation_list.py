@@ -187,3 +187,14 @@ MUTATIONS = [
          find="        return nn.silu(gate) * x\n", replace="        return nn.silu(gate) / x\n",
          tests=["tests/test_cpu_math.py::test_other_dtypes_use_mlx_ops"]),
 ]
+
+# Survivors of cosmic-ray's samples (2026-12-03) that get no test, and why:
+# - processing/video.py stack_canvas, the tie branch `(1, 2) if width / height >= 1.0` -> `(2, 2)`:
+#   equivalent. A tie |ratio(1, 2) - 1| == |ratio(2, 1) - 1| with the 6 px line needs
+#   w = (4h^2 - 36) / (5h + 12) < h, so a tie never takes that branch (22x30 ties and is stacked).
+# - processing/video.py load_video_units(stack_frames=1 -> 0) default: equivalent. Every caller
+#   passes stack_frames, and 0 and 1 both mean no composites (``stack_frames > 1``).
+# - processing/processor.py Processor.__call__(self, messages, *, ...) -> (self, messages, /, ...):
+#   not worth a test; it only lets options be passed by position, which no documented call does.
+# - model/canvas.py group_frames' `previous_end = 0` -> 1: equivalent. It is read only once
+#   ``groups`` is non-empty (``groups and ...`` short-circuits), and the first crop has set it by then.
