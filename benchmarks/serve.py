@@ -240,26 +240,29 @@ def decode_steps(model: Path, sizes, rounds: int, steps: int) -> dict:
 
 
 def first_token_s(server: Server, messages, timeout_s: float):
-    """(seconds to a one-token answer, the answer), or (None, None) past ``timeout_s``."""
+    """(seconds to a one-token answer, the answer, None), or (seconds, None, why) where there was
+    none: past ``timeout_s``, or the server answered with an error (a peer's own time limit)."""
     tic = time.perf_counter()
     try:
         answer = server.chat(messages, max_tokens=1, timeout_s=timeout_s)
     except httpx.TimeoutException:
-        return None, None
-    return time.perf_counter() - tic, answer
+        return time.perf_counter() - tic, None, f"no answer within {timeout_s:.0f} s"
+    except RuntimeError as e:  # an error status; the table says which
+        return time.perf_counter() - tic, None, f"{e} (after {time.perf_counter() - tic:.0f} s)"
+    return time.perf_counter() - tic, answer, None
 
 
 def video_turns(server: Server, video: str, timeout_s: float) -> dict:
     first = [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": video}},
                                           {"type": "text", "text": QUESTION}]}]
-    t_first, answer = first_token_s(server, first, timeout_s)
+    t_first, answer, why = first_token_s(server, first, timeout_s)
     if answer is None:
-        return dict(error=f"no first token within {timeout_s:.0f} s", first_s=None, followup_s=None)
+        return dict(error=f"first question: {why}", first_s=None, followup_s=None)
     follow = first + [{"role": "assistant", "content": answer["choices"][0]["message"]["content"] or ""},
                       {"role": "user", "content": FOLLOW_UP}]
-    t_follow, second = first_token_s(server, follow, timeout_s)
+    t_follow, second, why = first_token_s(server, follow, timeout_s)
     if second is None:
-        return dict(error=f"no follow-up token within {timeout_s:.0f} s", first_s=t_first, followup_s=None)
+        return dict(error=f"follow-up: {why}", first_s=t_first, followup_s=None)
     return dict(first_s=t_first, followup_s=t_follow, ratio=t_follow / t_first,
                 first_prompt_tokens=answer.get("usage", {}).get("prompt_tokens"),
                 followup_usage=second.get("usage"))

@@ -153,8 +153,9 @@ class PromptCache:
         return dict(prefix=prefix, first_image_id=self.images, first_video_id=self.videos)
 
 
-def sampling(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=1.0):
-    """mlx-lm's sampler and logits processors for the reference's sampling parameters."""
+def sampling(temperature, top_p, top_k, min_p, repetition_penalty):
+    """mlx-lm's sampler and logits processors for the reference's sampling parameters (no defaults
+    here: ``stream_tokens`` and the checkpoint's generation config own them)."""
     sampler = make_sampler(temp=temperature, top_p=top_p if top_p < 1.0 else 0.0, top_k=top_k, min_p=min_p)
     processors = make_logits_processors(repetition_penalty=repetition_penalty if repetition_penalty != 1.0 else None)
     return sampler, processors
@@ -239,6 +240,7 @@ def stream_generate(model, processor, messages, *, max_tokens: int = 256,
     (``max_slice_nums``, ``downsample_mode``, ``max_num_frames``, ``enable_thinking``, ...).
     With a ``prompt_cache`` that holds earlier turns, ``messages`` are only the new ones.
     ``cancel()`` is checked between tokens; ``progress(done, total)`` reports the prefill.
+    An answer is at most ``max_tokens`` long: 256 unless given, as in mlx-lm.
     """
     sampling_keys = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
     chosen = {k: options.pop(k) for k in sampling_keys if k in options}

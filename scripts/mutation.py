@@ -28,9 +28,9 @@ failing or not collected, are left out and named in ``OUT/<group>.meta.json``).
 
 The run is resumable: run it again with the same ``--out`` and it goes on where it stopped, on
 the commits it started with (``OUT/revs.json``). Run it with ``nice``; it takes the machine's
-cores one pytest at a time. On a shared machine take the benchmarks' lock for a sitting of at
-most 15 minutes and let the next one resume:
-``flock /work/.bench.lock timeout -s INT 840 nice python scripts/mutation.py --out OUT ...``
+cores one pytest at a time. On a shared machine run it in sittings of at most 15 minutes (under
+whatever lock keeps benchmarks apart there) and let the next one resume:
+``timeout -s INT 840 nice python scripts/mutation.py --out OUT ...``
 (SIGINT: cosmic-ray puts the mutated file back). Never part of ``.ci/run``.
 
 Output: ``OUT/<group>.sqlite`` (cosmic-ray's session), ``OUT/report.md`` (kill rate per group
@@ -54,7 +54,8 @@ REPO = Path(__file__).resolve().parents[1]
 # loaded 2-core machine, and a surviving mutant runs all of them.
 GROUPS = {  # quickest first
     "generate": (["mlx_minicpmv/generate.py"], ["tests/test_sampling.py", "tests/test_generate.py",
-                                                "tests/test_feature_cache.py"], 0.1),
+                                                "tests/test_feature_cache.py", "tests/test_bad_input.py"],
+                 0.1),  # test_bad_input: the command line's media warnings (a short video read)
     "loading": (["mlx_minicpmv/loading.py"], ["tests/test_loading.py", "tests/test_convert.py"], 0.08),
     "convert": (["mlx_minicpmv/convert.py"], ["tests/test_convert.py"], 0.08),
     "app": (["app/history.py", "app/worker.py"], ["tests/test_history.py", "tests/test_app_history.py",

@@ -186,6 +186,17 @@ MUTATIONS = [
     dict(name="cr-swiglu-other-dtypes", file="mlx_minicpmv/cpu/fast_math.py",
          find="        return nn.silu(gate) * x\n", replace="        return nn.silu(gate) / x\n",
          tests=["tests/test_cpu_math.py::test_other_dtypes_use_mlx_ops"]),
+    dict(name="cr-max-tokens-default", file="mlx_minicpmv/generate.py",
+         find="def stream_generate(model, processor, messages, *, max_tokens: int = 256,",
+         replace="def stream_generate(model, processor, messages, *, max_tokens: int = 257,",
+         tests=["tests/test_generate.py::test_an_answer_is_256_tokens_at_most_unless_asked"]),
+    dict(name="cr-generation-rate-floor", file="mlx_minicpmv/generate.py",
+         find="n / max(time.perf_counter() - gen_start, 1e-9)",
+         replace="n / max(time.perf_counter() - gen_start, 1.000000001)",
+         tests=["tests/test_generate.py::test_generation_speed_is_the_tokens_over_the_time_they_took"]),
+    dict(name="cr-media-warnings-unprinted", file="mlx_minicpmv/generate.py",
+         find="        for warning in last.warnings:\n", replace="        for warning in []:\n",
+         tests=["tests/test_bad_input.py::test_a_short_read_is_a_warning_in_generate"]),
 ]
 
 # Survivors of cosmic-ray's samples (2026-12-03) that get no test, and why:
@@ -198,3 +209,11 @@ MUTATIONS = [
 #   not worth a test; it only lets options be passed by position, which no documented call does.
 # - model/canvas.py group_frames' `previous_end = 0` -> 1: equivalent. It is read only once
 #   ``groups`` is non-empty (``groups and ...`` short-circuits), and the first crop has set it by then.
+# - generate.py sampling()'s defaults (temperature -1.0, top_p 2.0): gone, not tested. Its one caller,
+#   stream_tokens, passes every parameter, so the defaults were dead code; they are removed.
+# - generate.py `top_p if top_p < 1.0` -> `<= 1.0`: equivalent. mlx-lm's sampler filters only for
+#   0 < top_p < 1, so top_p 1.0 and 0.0 both mean no filter.
+# - generate.py PREFILL_STEP 512 -> 513: equivalent in what a user gets (chunked prefill equals one
+#   pass, which the parity tests check for any chunk size); only speed could tell.
+# - generate.py main's print(..., flush=True) -> flush=False: not worth a test; a terminal sees the
+#   text at the next newline instead of at once, which a pipe-reading test cannot tell.

@@ -1,5 +1,7 @@
 """stream_generate, the prompt cache across turns, and the command lines with bad input."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -33,6 +35,24 @@ def test_stream_reports_statistics_and_finish(tiny, picture):
     assert last.generation_tokens == len(responses) and 0 < last.peak_memory < 24, "in GB"
     text = generate(model, processor, ask("Describe this image.", picture), max_tokens=12, temperature=0.0)
     assert text == "".join(r.text for r in responses)
+
+
+def test_an_answer_is_256_tokens_at_most_unless_asked(tiny, monkeypatch):
+    """mlx-lm's default length, seen with the end-of-turn tokens out of the model's reach."""
+    model, processor = tiny.load()
+    monkeypatch.setattr(type(processor), "eos_token_ids", property(lambda self: []))
+    responses = list(stream_generate(model, processor, ask("Go on and on."), temperature=0.0))
+    assert len(responses) == 256 and responses[-1].finish_reason == "length"
+
+
+def test_generation_speed_is_the_tokens_over_the_time_they_took(tiny):
+    """At least the tokens over the whole call's time: the rate counts only the answer's time, no
+    floor (a second's floor made 8 tokens in 0.1 s read as 8 tokens/s)."""
+    model, processor = tiny.load()
+    tic = time.perf_counter()
+    last = list(stream_generate(model, processor, ask("Hello?"), max_tokens=8, temperature=0.0))[-1]
+    wall = time.perf_counter() - tic
+    assert last.generation_tps >= last.generation_tokens / wall
 
 
 def test_stops_on_the_eos_ids_of_generation_config(tiny, picture):
