@@ -56,7 +56,8 @@ GROUPS = {  # quickest first
     "generate": (["mlx_minicpmv/generate.py"], ["tests/test_sampling.py", "tests/test_generate.py",
                                                 "tests/test_feature_cache.py", "tests/test_bad_input.py"],
                  0.1),  # test_bad_input: the command line's media warnings (a short video read)
-    "loading": (["mlx_minicpmv/loading.py"], ["tests/test_loading.py", "tests/test_convert.py"], 0.08),
+    "loading": (["mlx_minicpmv/loading.py"], ["tests/test_loading.py", "tests/test_convert.py",
+                                              "tests/test_stored_precision.py"], 0.08),
     "convert": (["mlx_minicpmv/convert.py"], ["tests/test_convert.py"], 0.08),
     "app": (["app/history.py", "app/worker.py"], ["tests/test_history.py", "tests/test_app_history.py",
                                                   "tests/test_app_worker.py", "tests/test_app_widgets.py",

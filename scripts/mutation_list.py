@@ -197,6 +197,10 @@ MUTATIONS = [
     dict(name="cr-media-warnings-unprinted", file="mlx_minicpmv/generate.py",
          find="        for warning in last.warnings:\n", replace="        for warning in []:\n",
          tests=["tests/test_bad_input.py::test_a_short_read_is_a_warning_in_generate"]),
+    dict(name="cr-portable-float32-keeps-stored", file="mlx_minicpmv/loading.py",
+         find="if seam.applies(cpu_kernels) and compute_dtype == mx.float32 else None",
+         replace="if seam.applies(cpu_kernels) or compute_dtype == mx.float32 else None",
+         tests=["tests/test_stored_precision.py::test_float32_asked_on_the_portable_path_widens_every_layer"]),
 ]
 
 # Survivors of cosmic-ray's samples (2026-12-03) that get no test, and why:

@@ -125,6 +125,15 @@ def holding(t, path, bits: str):
     return cache[bits]
 
 
+@pytest.mark.parametrize("name", ["bfloat16", "8-bit"])
+def test_float32_asked_on_the_portable_path_widens_every_layer(stored, name):
+    """``compute_dtype=float32`` with the CPU kernels off: every weight in float32, no layer left
+    quantised. Only the CPU seam keeps the layers its kernels read as stored."""
+    model = load(stored[name][0], compute_dtype=mx.float32, cpu_kernels=False)[0]
+    assert {v.dtype for _, v in tree_flatten(model.parameters())} == {mx.float32}
+    assert not any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in model.named_modules())
+
+
 @pytest.mark.parametrize("case", ["text", "sliced image", "video"])
 def test_bf16_is_as_close_to_float64_as_the_reference_bf16(tiny, stored, media, exact, case):
     import torch
