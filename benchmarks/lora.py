@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from rss import peak_rss_gb  # noqa: E402
+
 RANK, SCALE = 8, 20.0
 IMPLS = ("ours", "transformers", "mlx-vlm")
 WORDS = ("the quick brown fox jumps over the lazy dog while a cat sits on a red sofa near the window and "
@@ -43,16 +45,6 @@ WORDS = ("the quick brown fox jumps over the lazy dog while a cat sits on a red 
 def median(values):
     values = sorted(values)
     return values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
-
-
-def peak_rss_gb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1e6
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e9
 
 
 def make_data(out: Path, tokenizer) -> dict:

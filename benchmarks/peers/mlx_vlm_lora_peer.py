@@ -33,15 +33,8 @@ import mlx.core as mx  # noqa: E402
 from mlx_vlm import train as vlm_train  # noqa: E402
 from mlx_vlm.trainer.common.callbacks import TrainingCallback  # noqa: E402
 
-
-def peak_rss_gb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1e6
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e9
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rss import peak_rss_gb  # noqa: E402
 
 
 class Steps(TrainingCallback):

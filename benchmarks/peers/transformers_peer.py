@@ -22,6 +22,7 @@ import mlx_minicpmv  # noqa: E402,F401  (first: picks the BLAS before mlx.core l
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoModelForImageTextToText  # noqa: E402
+from rss import peak_rss_gb  # noqa: E402
 from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
 from measure import DECODE_PROMPT_TOKENS, DECODE_TOKENS, MEDIA, QUESTION, arguments, measure, text_ids  # noqa: E402
@@ -31,13 +32,6 @@ from mlx_minicpmv.processing.processor import Processor  # noqa: E402
 def reset_peak_rss():
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-
-
-def peak_rss_gb() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1e6
-    return float("nan")
 
 
 class Clock(BaseStreamer):

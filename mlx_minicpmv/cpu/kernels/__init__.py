@@ -20,8 +20,8 @@ import warnings
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ("CMakeLists.txt", "matmul.cpp", "delta.h", "delta.cpp", "scan.h", "scan.cpp", "pool.h", "pool.cpp",
-           "dispatch.cpp", "kernels.h",
+SOURCES = ("CMakeLists.txt", "matmul.cpp", "delta.h", "delta.cpp", "scan.h", "scan.cpp", "state_primitive.h",
+           "pool.h", "pool.cpp", "dispatch.cpp", "kernels.h",
            "kernels_impl.h", "kernels_scalar.cpp", "kernels_avx2.cpp", "kernels_avx512.cpp")
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)

@@ -12,6 +12,7 @@
 #include "mlx/ops.h"
 #include "mlx/primitives.h"
 #include "pool.h"
+#include "state_primitive.h"
 
 namespace mx = mlx::core;
 
@@ -19,33 +20,15 @@ namespace cpuk {
 
 namespace {
 
-class DeltaStep : public mx::Primitive {
+class DeltaStep : public StatePrimitive {
  public:
-  DeltaStep(mx::Stream s, const Isa* isa) : mx::Primitive(s), isa_(isa) {}
+  using StatePrimitive::StatePrimitive;
 
   const char* name() const override { return "CpuGatedDeltaStep"; }
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error("[cpu_kernels] CPU only: on a GPU mlx-lm's Metal kernel runs.");
-  }
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
-    return {in[2].shape(), in[5].shape()};
-  }
-  bool is_equivalent(const mx::Primitive& other) const override {
-    return isa_ == static_cast<const DeltaStep&>(other).isa_;
-  }
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    auto [held, out] = bind(inputs, outputs);
     auto& encoder = mx::cpu::get_command_encoder(stream());
-    std::vector<mx::array> held, out;
-    for (auto& a : inputs) {
-      encoder.set_input_array(a);
-      held.push_back(mx::array::unsafe_weak_copy(a));
-    }
-    for (auto& o : outputs) {
-      o.set_data(mx::allocator::malloc(o.nbytes()));
-      encoder.set_output_array(o);
-      out.push_back(mx::array::unsafe_weak_copy(o));
-    }
     encoder.dispatch([isa = isa_, held = std::move(held), out = std::move(out)]() mutable {
       const int Dk = held[0].shape(-1), Dv = held[2].shape(-1);
       const long heads = held[3].size();
@@ -60,9 +43,6 @@ class DeltaStep : public mx::Primitive {
       });
     });
   }
-
- private:
-  const Isa* isa_;
 };
 
 }  // namespace

@@ -24,6 +24,7 @@
 #include "mlx/ops.h"
 #include "mlx/primitives.h"
 #include "pool.h"
+#include "state_primitive.h"
 
 namespace mx = mlx::core;
 
@@ -155,34 +156,15 @@ ScanFn scan_for(const Isa* isa) {
   return scan_portable;
 }
 
-class DeltaScan : public mx::Primitive {
+class DeltaScan : public StatePrimitive {
  public:
-  DeltaScan(mx::Stream s, const Isa* isa) : mx::Primitive(s), isa_(isa) {}
+  using StatePrimitive::StatePrimitive;
 
   const char* name() const override { return "CpuGatedDeltaScan"; }
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error("[cpu_kernels] CPU only: on a GPU mlx-lm's Metal kernel runs.");
-  }
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& in) override {
-    return {in[2].shape(), in[5].shape()};
-  }
-  bool is_equivalent(const mx::Primitive& other) const override {
-    return isa_ == static_cast<const DeltaScan&>(other).isa_;
-  }
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    auto [held, out] = bind(inputs, outputs);
     auto& encoder = mx::cpu::get_command_encoder(stream());
-    std::vector<mx::array> held, out;
-    for (auto& a : inputs) {
-      encoder.set_input_array(a);
-      held.push_back(mx::array::unsafe_weak_copy(a));
-    }
-    for (auto& o : outputs) {
-      o.set_data(mx::allocator::malloc(o.nbytes()));
-      encoder.set_output_array(o);
-      out.push_back(mx::array::unsafe_weak_copy(o));
-    }
-    // The task runs later on the stream's thread, maybe after this primitive is gone.
     encoder.dispatch([scan = scan_for(isa_), held = std::move(held), out = std::move(out)]() mutable {
       const int B = held[0].shape(0), T = held[0].shape(1), Hk = held[0].shape(2), Dk = held[0].shape(3);
       const int Hv = held[2].shape(2), Dv = held[2].shape(3);
@@ -201,9 +183,6 @@ class DeltaScan : public mx::Primitive {
       });
     });
   }
-
- private:
-  const Isa* isa_;
 };
 
 }  // namespace

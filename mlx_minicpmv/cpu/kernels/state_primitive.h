@@ -1,0 +1,55 @@
+// What the two primitives over DeltaNet states share (delta.cpp's decode step, scan.cpp's prompt):
+// CPU only, outputs shaped as their inputs v (2) and state (5), equal on the same instruction set,
+// and the arrays bound to the CPU encoder for a task that runs later on the stream's thread.
+
+#pragma once
+
+#include <stdexcept>
+#include <typeinfo>
+#include <utility>
+#include <vector>
+
+#include "kernels.h"
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/primitives.h"
+
+namespace cpuk {
+
+class StatePrimitive : public mlx::core::Primitive {
+ public:
+  StatePrimitive(mlx::core::Stream s, const Isa* isa) : mlx::core::Primitive(s), isa_(isa) {}
+
+  void eval_gpu(const std::vector<mlx::core::array>&, std::vector<mlx::core::array>&) override {
+    throw std::runtime_error("[cpu_kernels] CPU only: on a GPU mlx-lm's Metal kernel runs.");
+  }
+  std::vector<mlx::core::Shape> output_shapes(const std::vector<mlx::core::array>& in) override {
+    return {in[2].shape(), in[5].shape()};
+  }
+  bool is_equivalent(const mlx::core::Primitive& other) const override {
+    return typeid(*this) == typeid(other) && isa_ == static_cast<const StatePrimitive&>(other).isa_;
+  }
+
+ protected:
+  // The inputs and the newly allocated outputs, registered with the encoder (which orders the
+  // task after their producers and keeps them alive) and copied weakly for the task to hold: it
+  // may run after this primitive is gone.
+  std::pair<std::vector<mlx::core::array>, std::vector<mlx::core::array>> bind(
+      const std::vector<mlx::core::array>& inputs, std::vector<mlx::core::array>& outputs) {
+    auto& encoder = mlx::core::cpu::get_command_encoder(stream());
+    std::vector<mlx::core::array> held, out;
+    for (auto& a : inputs) {
+      encoder.set_input_array(a);
+      held.push_back(mlx::core::array::unsafe_weak_copy(a));
+    }
+    for (auto& o : outputs) {
+      o.set_data(mlx::core::allocator::malloc(o.nbytes()));
+      encoder.set_output_array(o);
+      out.push_back(mlx::core::array::unsafe_weak_copy(o));
+    }
+    return {std::move(held), std::move(out)};
+  }
+
+  const Isa* isa_;
+};
+
+}  // namespace cpuk
