@@ -238,3 +238,41 @@ def test_a_kernel_set_that_disagrees_is_refused(ext, monkeypatch):
 
     with pytest.raises(RuntimeError, match="disagree with MLX"):
         cpu_kernels._self_test(Wrong())
+
+
+
+CONCURRENT = """
+import threading
+import mlx.core as mx
+from mlx_minicpmv.cpu import kernels
+assert kernels.load() is not None, kernels._failed
+w = mx.random.normal((1024, 1024), key=mx.random.key(1))
+mx.eval(w)
+wrong = []
+def work(seed):
+    x = mx.random.normal((2, 1024), key=mx.random.key(seed))
+    want = x @ w.T
+    for _ in range(100):
+        outs = [kernels.rows_matmul(x, w) for _ in range(20)]  # queued, so the stream threads overlap
+        if not mx.all(mx.stack([mx.allclose(o, want, rtol=1e-4, atol=1e-4) for o in outs])).item():
+            wrong.append(seed)
+workers = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+[t.start() for t in workers]
+[t.join() for t in workers]
+print("wrong", len(wrong))
+"""
+
+
+def test_kernels_called_from_several_threads_at_once_stay_right(ext):
+    # Each Python thread has its own stream and stream thread, so their kernels share the one
+    # worker pool at once; a second caller used to replace the first one's job mid-flight: this
+    # script then segfaulted or hung in each of 3 runs, and three threads generating segfaulted
+    # in 1 of ~13. A crash or a hang must fail this test, not end the suite: a child process.
+    import os
+    import subprocess
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), MLX_MINICPMV_THREADS="2")
+    run = subprocess.run([sys.executable, "-c", CONCURRENT], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, (run.returncode, run.stderr[-500:])
+    assert run.stdout.split() == ["wrong", "0"]

@@ -1,7 +1,10 @@
-// A small pool of worker threads for the GEMV: MLX runs an extension's CPU work on its one
-// stream thread, and a decode step's GEMVs (~190 a token, 0.1-20 ms each) need every core to
-// read the weights at memory speed. Workers spin briefly between calls, since the next GEMV
-// usually follows within microseconds, then sleep; the GEMM's sgemm uses OpenBLAS's own threads.
+// A small pool of worker threads for the GEMV: MLX runs an extension's CPU work on a stream
+// thread, and a decode step's GEMVs (~190 a token, 0.1-20 ms each) need every core to read the
+// weights at memory speed. Each Python thread has its own default stream, so kernels of threads
+// generating at once call in concurrently: one holds the workers, the others run on their own
+// stream threads alone (the cores are busy anyway) rather than wait or overwrite its job.
+// Workers spin briefly between calls, since the next GEMV usually follows within microseconds,
+// then sleep; the GEMM's sgemm uses OpenBLAS's own threads.
 
 #pragma once
 
@@ -32,6 +35,11 @@ class Pool {
       return;
     }
     Workers& w = workers();
+    std::unique_lock<std::mutex> turn(w.busy, std::try_to_lock);
+    if (!turn.owns_lock()) {
+      f(0L, n);
+      return;
+    }
     {
       std::lock_guard<std::mutex> lock(w.mutex);
       w.job = [&f, n, t](int i) { f(n * i / t, n * (i + 1) / t); };
@@ -46,6 +54,7 @@ class Pool {
 
  private:
   struct Workers {
+    std::mutex busy;  // held by the one caller whose job the workers run
     std::mutex mutex;
     std::condition_variable wake;
     std::function<void(int)> job;
