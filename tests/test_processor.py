@@ -105,6 +105,32 @@ def test_16_bit_png_is_scaled_not_clipped():
     assert 100 < values.mean() < 155, "a ramp stays a ramp (clipping would make it almost all white)"
 
 
+def test_one_lazily_opened_image_shared_by_threads_decodes_once(tmp_path):
+    # Pillow decodes an opened file on first use; threads that did so at once got "broken data
+    # stream" or a segfault. Each round opens afresh so every round races on the first decode.
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "shared.png"
+    noise_image(640, 480).save(path)
+    want = np.asarray(load_image(path))
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(8):
+            shared = Image.open(path)
+            got = list(pool.map(lambda _: np.asarray(load_image(shared)), range(4)))
+            for pixels in got:
+                np.testing.assert_array_equal(pixels, want)
+
+
+def test_a_truncated_image_object_is_named_as_corrupt(tmp_path):
+    from mlx_minicpmv.errors import MediaError
+
+    path = tmp_path / "cut.png"
+    noise_image(64, 64).save(path)
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(MediaError, match="truncated or corrupt"):
+        load_image(Image.open(path))
+
+
 # -- the whole processor ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def reference_processor(tiny):

@@ -7,6 +7,7 @@ purpose: Python's banker's ``round`` in ``ensure_divide`` and ``int()`` truncati
 
 import math
 import re
+import threading
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -28,6 +29,11 @@ MAX_DECODED_PIXELS = 64_000_000
 # image keeps REDUCE_MARGIN times that on each side.
 NEED_SIDE = 448 * 3
 JPEG_MAGIC = b"\xff\xd8\xff"
+# A PIL image opened lazily decodes on first use; two threads decoding one such image at once
+# share its file and decoder, which gives "broken data stream" or a segfault. Callers may share
+# one image between threads (a server, a test asking three questions at once), so its first
+# decode is serialised here.
+_FIRST_DECODE = threading.Lock()
 
 
 def ensure_divide(length: float, divisor: int) -> int:
@@ -218,6 +224,11 @@ def load_image(source) -> Image.Image:
 
     if isinstance(source, Image.Image):
         image, name = source, "image"
+        try:
+            with _FIRST_DECODE:
+                image.load()
+        except (OSError, SyntaxError, ValueError) as e:
+            raise MediaError(f"{name}: the image is truncated or corrupt ({e}); re-export or re-download it") from None
     else:
         name = str(source)
         try:
