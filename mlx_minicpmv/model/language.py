@@ -104,9 +104,15 @@ class LanguageModel(qwen3_5.Qwen3_5TextModel):
         self.ssm_idx = next((i for i, kind in enumerate(config.layer_types) if kind == "linear_attention"), None)
         self.fa_idx = next((i for i, kind in enumerate(config.layer_types) if kind != "linear_attention"), None)
 
-    def __call__(self, embeds: mx.array, cache: Optional[List] = None) -> mx.array:
-        """(B, L, hidden) input embeddings -> (B, L, vocab) logits, advancing ``cache``."""
+    def __call__(self, embeds: mx.array, cache: Optional[List] = None, rows: Optional[mx.array] = None) -> mx.array:
+        """(B, L, hidden) input embeddings -> (B, L, vocab) logits, advancing ``cache``.
+
+        ``rows``: indices into the B·L positions whose logits alone are wanted, (N, vocab) then
+        (training's loss reads only the answer's: the head is most of a step's logits memory).
+        """
         h = super().__call__(None, cache, input_embeddings=embeds)
+        if rows is not None:
+            h = h.reshape(-1, h.shape[-1])[rows]
         if self.config.tie_word_embeddings:
             return self.embed_tokens.as_linear(h)
         return self.lm_head(h)

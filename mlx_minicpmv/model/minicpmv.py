@@ -120,9 +120,11 @@ class Model(nn.Module):
         target_sizes=None,
         cache: Optional[list] = None,
         input_embeddings: Optional[mx.array] = None,
+        rows: Optional[mx.array] = None,
         **vision_inputs,
     ) -> mx.array:
-        """(B, L) ids [+ processor pixel_values/target_sizes] -> (B, L, vocab) logits.
+        """(B, L) ids [+ processor pixel_values/target_sizes] -> (B, L, vocab) logits (or, given
+        ``rows``, indices into the B·L positions, those positions' (N, vocab) logits only).
 
         ``vision_inputs`` may hold ``pixel_values_videos``, ``target_sizes_videos``,
         ``downsample_mode``, ``image_features`` and ``video_features``. Ready
@@ -135,7 +137,7 @@ class Model(nn.Module):
                 cache = cache if cache is not None else self.make_cache()
                 self.begin_prompt(cache, input_ids, *sizes, vision_inputs.get("downsample_mode"))
             input_embeddings = self.embed(input_ids, pixel_values, target_sizes, **vision_inputs)
-        return self.language_model(input_embeddings, cache)
+        return self.language_model(input_embeddings, cache, rows)
 
     def make_cache(self) -> list:
         return self.language_model.make_cache()

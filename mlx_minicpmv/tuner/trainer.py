@@ -26,6 +26,7 @@ from typing import Callable, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from mlx.utils import tree_map
 
 from . import adapters
@@ -71,8 +72,11 @@ def loss(model, ids: mx.array, mask: mx.array, media: dict):
     """Mean cross-entropy over the masked target tokens, and their count (mlx-lm's
     ``default_loss`` with the mask given per token)."""
     inputs, targets, weights = ids[:, :-1], ids[:, 1:], mask[:, 1:]
-    logits = model(inputs, **media)
-    ce = nn.losses.cross_entropy(logits.astype(mx.float32), targets) * weights
+    # Only the masked-in positions reach the head: the same loss and gradients, without the
+    # (B, L, vocab) logits (351 x 248k floats for one image question) and their gradient.
+    rows = mx.array(np.flatnonzero(np.array(weights)), dtype=mx.uint32)
+    logits = model(inputs, rows=rows, **media)
+    ce = nn.losses.cross_entropy(logits.astype(mx.float32), targets.reshape(-1)[rows]) * weights.reshape(-1)[rows]
     ntoks = weights.sum()
     return ce.sum() / mx.maximum(ntoks, 1), ntoks
 
