@@ -4,7 +4,7 @@ Ollama run on a Linux CPU.
     python benchmarks/peers/llama_cpp_peer.py --hf OUT/hf-random-real-config --media OUT/media --quant Q8_0
 
 Once, into benchmarks/out (never committed): the source vendored in the ``llama-cpp-python``
-sdist (pip download --no-binary, so only PyPI is needed), built with ``-DGGML_NATIVE=ON``
+sdist (fetched from PyPI, so only PyPI is needed), built with ``-DGGML_NATIVE=ON``
 (the kernels this CPU has), and the random checkpoint converted by llama.cpp's own converter
 to F16 (text and the mmproj) and quantised by ``llama-quantize`` to Q8_0 and Q4_K_M. The
 random checkpoint's toy tokenizer hashes to no known pre-tokenizer, so the converter is told
@@ -59,9 +59,20 @@ def source(out: Path) -> Path:
     src = out / f"llama.cpp-{VERSION}"
     if (src / "CMakeLists.txt").exists():
         return src
+    import json
+    import urllib.parse
+    import urllib.request
+
+    # The sdist's address from PyPI's JSON API, fetched as a file: ``pip download --no-binary``
+    # would build the sdist's metadata, and with it cmake from source for the build environment
+    # (many minutes of both cores, beside whatever is being measured).
+    index = "https://pypi.org/pypi/llama-cpp-python/json"  # the package's (a mirror may lack the per-version page)
+    with urllib.request.urlopen(index, timeout=60) as r:
+        files = json.load(r)["releases"][VERSION]
+    url = urllib.parse.urljoin(index, next(f["url"] for f in files if f["packagetype"] == "sdist"))  # a mirror's may be relative
     with tempfile.TemporaryDirectory(dir=out) as tmp:
-        run([sys.executable, "-m", "pip", "download", "-q", "--no-binary", ":all:", "--no-deps", "-d", tmp,
-             f"llama-cpp-python=={VERSION}"])
+        print(f"+ download {url}", file=sys.stderr, flush=True)
+        urllib.request.urlretrieve(url, Path(tmp) / Path(url).name)
         with tarfile.open(next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))) as tar:
             tar.extractall(tmp, filter="data")
         staged = next(Path(tmp).glob("llama_cpp_python-*")) / "vendor" / "llama.cpp"
