@@ -9,7 +9,6 @@
 #include <string>
 
 #include "mlx/backend/cpu/encoder.h"
-#include "mlx/ops.h"
 #include "mlx/primitives.h"
 #include "pool.h"
 #include "state_primitive.h"
@@ -49,19 +48,14 @@ class DeltaStep : public StatePrimitive {
 
 std::vector<mx::array> gated_delta_step(const mx::array& q, const mx::array& k, const mx::array& v, const mx::array& g,
                                         const mx::array& beta, const mx::array& state, const Isa* isa) {
-  for (const mx::array* a : {&q, &k, &v, &g, &beta, &state})
-    if (a->dtype() != mx::float32) throw std::invalid_argument("[cpu_kernels] the delta rule's inputs must be float32");
+  check_float32({&q, &k, &v, &g, &beta, &state});
   if (q.ndim() != 3 || k.shape() != q.shape() || v.ndim() != 3 || v.shape(0) != q.shape(0) || v.shape(1) != q.shape(1))
     throw std::invalid_argument("[cpu_kernels] q and k must be (B, H, Dk), v (B, H, Dv)");
   if (g.shape() != mx::Shape{q.shape(0), q.shape(1)} || beta.shape() != g.shape())
     throw std::invalid_argument("[cpu_kernels] g and beta must be (B, H)");
   if (state.shape() != mx::Shape{q.shape(0), q.shape(1), v.shape(2), q.shape(2)})
     throw std::invalid_argument("[cpu_kernels] the state must be (B, H, Dv, Dk)");
-  auto s = mx::to_stream(mx::Device::cpu);
-  std::vector<mx::array> inputs;
-  for (const mx::array* a : {&q, &k, &v, &g, &beta, &state}) inputs.push_back(mx::contiguous(*a, false, s));
-  return mx::array::make_arrays({v.shape(), state.shape()}, {mx::float32, mx::float32},
-                                std::make_shared<DeltaStep>(s, isa), inputs);
+  return call<DeltaStep>({&q, &k, &v, &g, &beta, &state}, isa);
 }
 
 }  // namespace cpuk

@@ -1,9 +1,12 @@
 // What the two primitives over DeltaNet states share (delta.cpp's decode step, scan.cpp's prompt):
 // CPU only, outputs shaped as their inputs v (2) and state (5), equal on the same instruction set,
-// and the arrays bound to the CPU encoder for a task that runs later on the stream's thread.
+// the arrays bound to the CPU encoder for a task that runs later on the stream's thread, and the
+// call that makes their outputs from the six float32 inputs (each checks its own shapes first).
 
 #pragma once
 
+#include <initializer_list>
+#include <memory>
 #include <stdexcept>
 #include <typeinfo>
 #include <utility>
@@ -11,6 +14,7 @@
 
 #include "kernels.h"
 #include "mlx/backend/cpu/encoder.h"
+#include "mlx/ops.h"
 #include "mlx/primitives.h"
 
 namespace cpuk {
@@ -51,5 +55,23 @@ class StatePrimitive : public mlx::core::Primitive {
 
   const Isa* isa_;
 };
+
+// q, k, v, g, beta, state: all float32, or an error naming the rule's inputs.
+inline void check_float32(std::initializer_list<const mlx::core::array*> inputs) {
+  for (const mlx::core::array* a : inputs)
+    if (a->dtype() != mlx::core::float32)
+      throw std::invalid_argument("[cpu_kernels] the delta rule's inputs must be float32");
+}
+
+// (y shaped as v, the new state) from primitive P over q, k, v, g, beta, state, made contiguous
+// on the CPU stream (the kernels read them as dense rows).
+template <class P>
+std::vector<mlx::core::array> call(std::initializer_list<const mlx::core::array*> inputs, const Isa* isa) {
+  auto s = mlx::core::to_stream(mlx::core::Device::cpu);
+  std::vector<mlx::core::array> dense;
+  for (const mlx::core::array* a : inputs) dense.push_back(mlx::core::contiguous(*a, false, s));
+  return mlx::core::array::make_arrays({dense[2].shape(), dense[5].shape()}, {mlx::core::float32, mlx::core::float32},
+                                       std::make_shared<P>(s, isa), dense);
+}
 
 }  // namespace cpuk
