@@ -99,11 +99,11 @@ def convert(out: Path, hf: Path, bin_dir: Path) -> dict:
     gguf.mkdir(exist_ok=True)
     paths = {q: gguf / f"model-{q}.gguf" for q in QUANTS}
     mmproj = gguf / "mmproj-F16.gguf"
-    for target, extra in ((paths["F16"], []), (mmproj, ["--mmproj"])):
+    for target, extra in ((paths["F16"], ["--no-mtp"]), (mmproj, ["--mmproj"])):  # the mmproj pass refuses --no-mtp
         if not target.exists():
             partial = target.with_name(f".{target.name}.partial")
             run([sys.executable, "-c", CONVERT, src, src / "convert_hf_to_gguf.py", hf, "--outtype", "f16",
-                 "--no-mtp", "--outfile", partial, *extra], stdout=subprocess.DEVNULL)
+                 "--outfile", partial, *extra], stdout=subprocess.DEVNULL)
             os.replace(partial, target)
     for q in QUANTS[1:]:
         if not paths[q].exists():
