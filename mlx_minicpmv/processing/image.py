@@ -211,6 +211,13 @@ def open_bounded(source) -> Image.Image:
     return image
 
 
+def decoded(image: Image.Image) -> Image.Image:
+    """A caller's PIL image with its pixels decoded, under ``_FIRST_DECODE``."""
+    with _FIRST_DECODE:
+        image.load()
+    return image
+
+
 def load_image(source) -> Image.Image:
     """A path or PIL image -> upright RGB PIL image.
 
@@ -222,29 +229,22 @@ def load_image(source) -> Image.Image:
 
     from ..errors import MediaError
 
-    if isinstance(source, Image.Image):
-        image, name = source, "image"
-        try:
-            with _FIRST_DECODE:
-                image.load()
-        except (OSError, SyntaxError, ValueError) as e:
-            raise MediaError(f"{name}: the image is truncated or corrupt ({e}); re-export or re-download it") from None
-    else:
-        name = str(source)
-        try:
-            image = open_bounded(source)
-        except FileNotFoundError:
-            raise MediaError(f"{name}: no such file") from None
-        except UnidentifiedImageError:
-            raise MediaError(f"{name}: not an image format Pillow can read (JPEG, PNG, GIF, WebP, ...)") from None
-        except IsADirectoryError:
-            raise MediaError(f"{name}: is a folder, not an image file") from None
-        except Image.DecompressionBombError as e:
-            raise MediaError(
-                f"{name}: too many pixels to decode safely ({str(e).strip()}; the limit is "
-                f"{MAX_DECODED_PIXELS / 1e6:.0f} MP, and only JPEGs are decoded reduced); downscale it first") from None
-        except (OSError, SyntaxError, ValueError) as e:
-            raise MediaError(f"{name}: the image is truncated or corrupt ({e}); re-export or re-download it") from None
+    given = isinstance(source, Image.Image)
+    name = "image" if given else str(source)
+    try:
+        image = decoded(source) if given else open_bounded(source)
+    except FileNotFoundError:
+        raise MediaError(f"{name}: no such file") from None
+    except UnidentifiedImageError:
+        raise MediaError(f"{name}: not an image format Pillow can read (JPEG, PNG, GIF, WebP, ...)") from None
+    except IsADirectoryError:
+        raise MediaError(f"{name}: is a folder, not an image file") from None
+    except Image.DecompressionBombError as e:
+        raise MediaError(
+            f"{name}: too many pixels to decode safely ({str(e).strip()}; the limit is "
+            f"{MAX_DECODED_PIXELS / 1e6:.0f} MP, and only JPEGs are decoded reduced); downscale it first") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise MediaError(f"{name}: the image is truncated or corrupt ({e}); re-export or re-download it") from None
     if image.width < 1 or image.height < 1:
         raise MediaError(f"{name}: the image is empty ({image.width}x{image.height})")
     original = image.size
