@@ -240,7 +240,6 @@ def test_a_kernel_set_that_disagrees_is_refused(ext, monkeypatch):
         cpu_kernels._self_test(Wrong())
 
 
-
 CONCURRENT = """
 import threading
 import mlx.core as mx

@@ -22,11 +22,11 @@ import mlx_minicpmv  # noqa: E402,F401  (first: picks the BLAS before mlx.core l
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoModelForImageTextToText  # noqa: E402
-from rss import peak_rss_gb  # noqa: E402
 from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
 from measure import DECODE_PROMPT_TOKENS, DECODE_TOKENS, MEDIA, QUESTION, arguments, measure, text_ids  # noqa: E402
 from mlx_minicpmv.processing.processor import Processor  # noqa: E402
+from rss import peak_rss_gb  # noqa: E402
 
 
 def reset_peak_rss():
