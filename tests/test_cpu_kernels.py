@@ -123,6 +123,20 @@ def test_fp16_subnormals_and_the_tiled_gemm_over_several_tiles(ext):
         close(cpu_kernels.half_matmul(x[:1], w, isa=isa), x[:1] @ w.astype(mx.float32).T)
 
 
+@pytest.mark.skipif("amx" not in isas(), reason="this CPU (or its OS) has no AMX tile unit")
+@pytest.mark.parametrize("M,K,N", [(4, 64, 16), (33, 1000, 50), (300, 100, 70), (257, 1152, 96)])  # tails of k, rows, passes
+def test_the_amx_gemm_keeps_x_to_16_bits_over_every_tail(ext, M, K, N):
+    """The AMX GEMM multiplies bf16 pairs: x goes in as two bf16 halves, so its error stays far
+    below that of x rounded to bf16 once, over every tail of its tiles and passes."""
+    w = mx.random.normal((N, K), key=mx.random.key(K)).astype(mx.bfloat16)
+    x = mx.random.normal((M, K), key=mx.random.key(M)) * mx.exp(3 * mx.random.normal((M, K), key=mx.random.key(N)))
+    want = x @ w.astype(mx.float32).T
+    got = cpu_kernels.half_matmul(x, w, isa="amx")
+    close(got, want, rtol=2e-5)
+    once = x.astype(mx.bfloat16).astype(mx.float32) @ w.astype(mx.float32).T
+    assert np.abs(np.array(got - want)).max() * 20 < np.abs(np.array(once - want)).max()
+
+
 def test_strided_inputs_and_compile(ext):
     w = mx.random.normal((64, 128), key=mx.random.key(8)).astype(mx.bfloat16)
     q, s, b = mx.quantize(w, group_size=64, bits=4)

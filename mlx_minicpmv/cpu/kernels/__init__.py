@@ -5,13 +5,14 @@ ones by converting whole matrices per call (7.5 GFLOP/s, measured), so ``load`` 
 such checkpoints to fp32 on the CPU, at 4-6x the memory. These kernels read the stored
 weights: MLX's affine quantisation (4 or 8 bits, groups of 32, 64 or 128, scales and biases
 as MLX stores them) and bf16/fp16, with x and the result in float32. See ``matmul.cpp`` for
-the GEMV/GEMM split and ``kernels_impl.h`` for why they are written by hand.
+the GEMV/GEMM split, ``kernels_impl.h`` for why they are written by hand, and ``amx.cpp`` for
+the bf16 GEMM on Intel's AMX tile unit.
 
 The extension is built on first use like the GEMV one (``mlx_minicpmv/cpu/gemv/build.py``) and
 checked against MLX's own matmuls at load (``_self_test``); where it cannot be built or
 disagrees, ``load()`` warns once and returns None, and callers widen to fp32 as before.
-``MLX_MINICPMV_KERNEL_ISA`` picks the instruction set (``avx512``, ``avx2``, ``scalar``; default:
-the best this CPU runs) or turns the kernels ``off``.
+``MLX_MINICPMV_KERNEL_ISA`` picks the instruction set (``amx``: AVX-512 with the AMX bf16 GEMM,
+``avx512``, ``avx2``, ``scalar``; default: the best this CPU runs) or turns the kernels ``off``.
 """
 
 import os
@@ -21,7 +22,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SOURCES = ("CMakeLists.txt", "matmul.cpp", "delta.h", "delta.cpp", "scan.h", "scan.cpp", "state_primitive.h",
-           "pool.h", "pool.cpp", "dispatch.cpp", "kernels.h",
+           "pool.h", "pool.cpp", "dispatch.cpp", "kernels.h", "amx.cpp",
            "kernels_impl.h", "kernels_scalar.cpp", "kernels_avx2.cpp", "kernels_avx512.cpp")
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)

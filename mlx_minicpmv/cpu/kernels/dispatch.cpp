@@ -5,11 +5,37 @@
 #include <cstring>
 #include <initializer_list>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 #include "kernels.h"
 
 namespace cpuk {
 
 namespace {
+#if defined(__x86_64__) || defined(__i386__)
+// AMX needs the CPU's tile unit with bf16 (CPUID 7.0 EDX bits 22 and 24, AVX512-BF16 in 7.1 EAX
+// bit 5 for the packing) and the kernel's leave to use its 8 KB of tile state, asked once per
+// process (Linux's ARCH_REQ_XCOMP_PERM; refused where the OS or a VM does not save it).
+bool amx_runs() {
+  static const bool ok = [] {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 22)) || !(d & (1u << 24))) return false;
+    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d) || !(a & (1u << 5))) return false;
+#ifdef SYS_arch_prctl
+    constexpr int kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+    return false;
+#endif
+  }();
+  return ok;
+}
+#endif
+
 bool runs(const char* name) {
   if (std::strcmp(name, "scalar") == 0) return true;
 #if defined(__x86_64__) || defined(__i386__)
@@ -18,6 +44,9 @@ bool runs(const char* name) {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   if (std::strcmp(name, "avx512") == 0)
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#ifdef CPUK_HAVE_AMX
+  if (std::strcmp(name, "amx") == 0) return runs("avx512") && amx_runs();
+#endif
 #endif
   return false;
 }
@@ -26,6 +55,9 @@ bool runs(const char* name) {
 const Isa* isa_named(const char* name) {
   if (!runs(name)) return nullptr;
 #if defined(__x86_64__) || defined(__i386__)
+#ifdef CPUK_HAVE_AMX
+  if (std::strcmp(name, "amx") == 0) return &amx_isa();
+#endif
   if (std::strcmp(name, "avx512") == 0) return &avx512_isa();
   if (std::strcmp(name, "avx2") == 0) return &avx2_isa();
 #endif
@@ -33,7 +65,7 @@ const Isa* isa_named(const char* name) {
 }
 
 const Isa* best_isa() {
-  for (const char* name : {"avx512", "avx2"}) {
+  for (const char* name : {"amx", "avx512", "avx2"}) {
     if (const Isa* isa = isa_named(name)) return isa;
   }
   return &scalar_isa();

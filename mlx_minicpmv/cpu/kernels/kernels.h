@@ -47,6 +47,9 @@ struct Isa {
   // decayed by g and updated with k, v and beta into s_out, and y (Dv) = s_out · q.
   void (*delta_step)(const float* s_in, const float* q, const float* k, const float* v, float g, float beta, int Dv,
                      int Dk, float* s_out, float* y);
+  // y (M, N) = x (M, K) @ w.T for bf16 weights w (N, K), many rows at once; nullptr where the
+  // set has none (the GEMM then widens tiles of w for sgemm).
+  void (*bf16_gemm)(const uint16_t* w, int K, const float* x, int M, int N, float* y) = nullptr;
 };
 
 constexpr int kMaxRows = 8;  // the most rows of x fgemv takes at once
@@ -54,6 +57,8 @@ constexpr int kMaxRows = 8;  // the most rows of x fgemv takes at once
 const Isa& scalar_isa();
 const Isa& avx2_isa();
 const Isa& avx512_isa();
+const Isa& amx_isa();  // AVX-512 with the AMX bf16 GEMM (amx.cpp), where the compiler has AMX
+void amx_bf16_gemm(const uint16_t* w, int K, const float* x, int M, int N, float* y);
 
 // The instruction sets this CPU (and its OS) can run, best first; "scalar" always.
 const Isa* best_isa();

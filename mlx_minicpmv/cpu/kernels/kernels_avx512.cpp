@@ -50,3 +50,16 @@ const Isa& avx512_isa() {
   return isa;
 }
 }  // namespace cpuk
+
+#ifdef CPUK_HAVE_AMX
+namespace cpuk {
+const Isa& amx_isa() {
+  static const Isa isa = [] {
+    Isa amx = avx512::make_isa<avx512::V>("amx");
+    amx.bf16_gemm = amx_bf16_gemm;
+    return amx;
+  }();
+  return isa;
+}
+}  // namespace cpuk
+#endif

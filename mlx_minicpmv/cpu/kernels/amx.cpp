@@ -1,0 +1,192 @@
+// y = x @ W.T for bf16 W on Intel AMX (Sapphire Rapids on), x and y float32, for the GEMM's
+// many rows (prefill, the vision tower): the tile unit multiplies bf16 pairs into fp32 at ~16x
+// the rate of AVX-512 FMAs, and reads W as stored (no widened tile, no sgemm).
+//
+// AMX takes bf16 on both sides, and x is float32: rounding it to bf16 would move every product
+// by up to 2^-9, where MLX's bf16 matmul multiplies the widened weights by x in fp32. So x is
+// split into hi = bf16(x) and lo = bf16(x - hi), and W·hi + W·lo is accumulated in fp32: x
+// keeps 16 of its 24 mantissa bits (an error below 2^-17 of each product, ~4e-6 of an output
+// in a sum of random signs), at twice the tile work. W is exact: its values are bf16.
+//
+// The weights are the tiles' A operand (16 rows of 32 k each, W's own layout), x the B operand
+// (packed once per call into AMX's pair layout: row p of a tile holds x[m][2p], x[m][2p+1] for
+// 16 rows m), so C tiles hold y transposed, 16 outputs by 16 rows, and are written back so.
+//
+// Why by hand: no BLAS here has a bf16 GEMM (kernels_impl.h); oneDNN's dnnl_gemm_bf16bf16f32
+// and MKL's cblas_gemm_bf16bf16f32 would, but PyPI's oneDNN (2026.1) is a SYCL build that
+// needs the DPC++ runtime and TBB (~400 MB of wheels, for one function) and MKL's wheel is
+// ~200 MB under Intel's own licence; ggml's AMX code multiplies its own quantised blocks only.
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "kernels.h"
+#include "pool.h"
+
+namespace cpuk {
+
+namespace {
+
+constexpr int kRowsPerPass = 256;  // rows of x per pass: packed (hi and lo, 1.2 MB at K = 1152), they stay in L2
+constexpr int kPanel = 32;         // weight rows per panel: two A tiles
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Eight tiles of 16 rows by 64 bytes: C (0-3, fp32 16 x 16), A (4, 5: 16 weight rows by 32 k),
+// B (6, 7: 16 pairs of k by 16 rows of x).
+void configure() {
+  TileConfig c;
+  for (int t = 0; t < 8; ++t) {
+    c.colsb[t] = 64;
+    c.rows[t] = 16;
+  }
+  _tile_loadconfig(&c);
+}
+
+inline __m512 widen(__m256bh h) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)h), 16));
+}
+
+// Rows [m0, m0 + rows) of x into hi and lo, each (blocks of 16 rows, K/32 chunks, 16 pairs, 16
+// rows) as uint32 pairs; rows past M and k past K are zero.
+void pack_x(const float* x, int M, int K, int Kp, int m0, int rows, uint32_t* hi, uint32_t* lo) {
+  const int chunks = Kp / 32;
+  std::vector<uint16_t> h(Kp), l(Kp);
+  for (int r = 0; r < rows; ++r) {
+    std::fill(h.begin(), h.end(), 0);
+    std::fill(l.begin(), l.end(), 0);
+    if (m0 + r < M) {
+      const float* row = x + static_cast<long>(m0 + r) * K;
+      int k = 0;
+      for (; k + 16 <= K; k += 16) {
+        const __m512 v = _mm512_loadu_ps(row + k);
+        const __m256bh vh = _mm512_cvtneps_pbh(v);
+        const __m256bh vl = _mm512_cvtneps_pbh(_mm512_sub_ps(v, widen(vh)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(&h[k]), (__m256i)vh);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(&l[k]), (__m256i)vl);
+      }
+      if (k < K) {
+        const __mmask16 tail = static_cast<__mmask16>((1u << (K - k)) - 1);
+        const __m512 v = _mm512_maskz_loadu_ps(tail, row + k);
+        const __m256bh vh = _mm512_cvtneps_pbh(v);
+        const __m256bh vl = _mm512_cvtneps_pbh(_mm512_sub_ps(v, widen(vh)));
+        alignas(32) uint16_t th[16], tl[16];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(th), (__m256i)vh);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(tl), (__m256i)vl);
+        std::memcpy(&h[k], th, sizeof(uint16_t) * (K - k));
+        std::memcpy(&l[k], tl, sizeof(uint16_t) * (K - k));
+      }
+    }
+    const uint32_t* h32 = reinterpret_cast<const uint32_t*>(h.data());
+    const uint32_t* l32 = reinterpret_cast<const uint32_t*>(l.data());
+    const long block = static_cast<long>(r / 16) * chunks * 256;
+    for (int c = 0; c < chunks; ++c) {
+      for (int p = 0; p < 16; ++p) {
+        const long at = block + c * 256 + p * 16 + r % 16;
+        hi[at] = h32[c * 16 + p];
+        lo[at] = l32[c * 16 + p];
+      }
+    }
+  }
+}
+
+// Weight rows [n0, n0 + kPanel) into panel (kPanel, Kp), zero past N and K.
+void pack_panel(const uint16_t* w, int N, int K, int Kp, int n0, uint16_t* panel) {
+  for (int r = 0; r < kPanel; ++r) {
+    uint16_t* out = panel + static_cast<long>(r) * Kp;
+    const int n = n0 + r;
+    if (n < N) {
+      std::memcpy(out, w + static_cast<long>(n) * K, sizeof(uint16_t) * K);
+      std::fill(out + K, out + Kp, 0);
+    } else {
+      std::fill(out, out + Kp, 0);
+    }
+  }
+}
+
+// One panel of 32 weight rows by the packed rows of one pass, 32 rows of x at a time.
+void panel_times_pass(const uint16_t* panel, int Kp, const uint32_t* hi, const uint32_t* lo, int rows, int n0, int N,
+                      int m0, int M, float* y) {
+  const int chunks = Kp / 32;
+  const long stride = static_cast<long>(Kp) * 2;
+  alignas(64) float out[4][16][16];
+  for (int b = 0; b < rows / 16; b += 2) {
+    const uint32_t* h0 = hi + static_cast<long>(b) * chunks * 256;
+    const uint32_t* l0 = lo + static_cast<long>(b) * chunks * 256;
+    const uint32_t* h1 = h0 + chunks * 256;
+    const uint32_t* l1 = l0 + chunks * 256;
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int c = 0; c < chunks; ++c) {
+      _tile_loadd(4, panel + c * 32, stride);
+      _tile_loadd(5, panel + 16 * static_cast<long>(Kp) + c * 32, stride);
+      _tile_loadd(6, h0 + c * 256, 64);
+      _tile_loadd(7, h1 + c * 256, 64);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+      _tile_loadd(6, l0 + c * 256, 64);
+      _tile_loadd(7, l1 + c * 256, 64);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+    _tile_stored(0, out[0], 64);
+    _tile_stored(1, out[1], 64);
+    _tile_stored(2, out[2], 64);
+    _tile_stored(3, out[3], 64);
+    for (int t = 0; t < 4; ++t) {  // tile t: weight block t / 2, x block b + t % 2; out[t][i][j] = y[m j][n i]
+      const int nb = n0 + 16 * (t / 2), mb = m0 + 16 * (b + t % 2);
+      const int ni = std::min(16, N - nb), mj = std::min(16, M - mb);
+      for (int j = 0; j < mj; ++j) {
+        float* yr = y + static_cast<long>(mb + j) * N + nb;
+        for (int i = 0; i < ni; ++i) yr[i] = out[t][i][j];
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void amx_bf16_gemm(const uint16_t* w, int K, const float* x, int M, int N, float* y) {
+  const int Kp = (K + 31) / 32 * 32;
+  const int panels = (N + kPanel - 1) / kPanel;
+  thread_local std::vector<uint32_t> hi, lo;
+  for (int m0 = 0; m0 < M; m0 += kRowsPerPass) {
+    const int rows = (std::min(kRowsPerPass, M - m0) + 31) / 32 * 32;
+    const size_t words = static_cast<size_t>(rows) * Kp / 2;
+    if (hi.size() < words) {
+      hi.resize(words);
+      lo.resize(words);
+    }
+    uint32_t *h = hi.data(), *l = lo.data();
+    Pool::get().parallel_for(rows / 16, 1, [&](long b, long e) {
+      pack_x(x, M, K, Kp, m0 + 16 * static_cast<int>(b), 16 * static_cast<int>(e - b), h + b * (Kp / 32) * 256,
+             l + b * (Kp / 32) * 256);
+    });
+    Pool::get().parallel_for(panels, 1, [&](long p0, long p1) {
+      thread_local std::vector<uint16_t> panel;
+      if (panel.size() < static_cast<size_t>(kPanel) * Kp) panel.resize(static_cast<size_t>(kPanel) * Kp);
+      configure();
+      for (long p = p0; p < p1; ++p) {
+        pack_panel(w, N, K, Kp, static_cast<int>(p) * kPanel, panel.data());
+        panel_times_pass(panel.data(), Kp, h, l, rows, static_cast<int>(p) * kPanel, N, m0, M, y);
+      }
+      _tile_release();
+    });
+  }
+}
+
+}  // namespace cpuk
