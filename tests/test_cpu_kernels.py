@@ -137,6 +137,43 @@ def test_the_amx_gemm_keeps_x_to_16_bits_over_every_tail(ext, M, K, N):
     assert np.abs(np.array(got - want)).max() * 20 < np.abs(np.array(once - want)).max()
 
 
+@pytest.mark.parametrize("isa", isas())
+def test_softmax_and_the_activations_equal_fast_math(ext, isa):
+    """The kernels' softmax, tanh-GELU and SwiGLU compute fast_math's formulas (its exp, clipped
+    alike) on every instruction set, with tails after the vectors, masked scores and inputs that
+    saturate."""
+    from mlx_minicpmv.cpu import fast_math
+
+    x = 4 * mx.random.normal((3, 5, 133), key=mx.random.key(21))
+    x = mx.concatenate([x, mx.array([-1e7, -100.0, -80.5, 0.0, 80.5, 100.0, 1e7] * 19).reshape(1, 1, 133) * mx.ones((3, 1, 1))], axis=1)
+    gate = 4 * mx.random.normal(x.shape, key=mx.random.key(22))
+    close(cpu_kernels.softmax(x, isa=isa), mx.softmax(x, axis=-1, precise=True))
+    visible = mx.arange(133)[None] <= mx.arange(133)[:, None]
+    scores = mx.where(visible, 4 * mx.random.normal((133, 133), key=mx.random.key(23)), -mx.inf)
+    close(cpu_kernels.softmax(scores, isa=isa), mx.softmax(scores, axis=-1, precise=True))
+    ops_gelu = fast_math._times_sigmoid_out(x, *fast_math._exp_parts(fast_math._gelu_arg(x)))
+    ops_swiglu = fast_math._swiglu_out(gate, x, *fast_math._exp_parts(-gate))
+    close(cpu_kernels.gelu_tanh(x, isa=isa), ops_gelu, rtol=1e-6)
+    close(cpu_kernels.swiglu(gate, x, isa=isa), ops_swiglu, rtol=1e-6)
+    close(cpu_kernels.gelu_tanh(x, isa=isa), nn.gelu_approx(x))
+    with pytest.raises(ValueError, match="one shape"):
+        cpu_kernels.swiglu(gate, x[:1], isa=isa)
+
+
+def test_fast_math_hands_big_arrays_to_the_kernels(ext, monkeypatch):
+    """Softmax always, the activations from KERNEL_SIZE elements: a decode step's stay in MLX's graph."""
+    from mlx_minicpmv.cpu import fast_math
+
+    called = []
+    for name in ("softmax", "gelu_tanh", "swiglu"):
+        real = getattr(cpu_kernels, name)
+        monkeypatch.setattr(cpu_kernels, name, lambda *a, real=real, name=name: called.append(name) or real(*a))
+    small, big = mx.ones((2, 100)), mx.ones((1, fast_math.KERNEL_SIZE))
+    for x in (small, big):
+        mx.eval(fast_math.softmax(x), fast_math.gelu_tanh(x), fast_math.swiglu(x, x))
+    assert called == ["softmax", "softmax", "gelu_tanh", "swiglu"]
+
+
 def test_strided_inputs_and_compile(ext):
     w = mx.random.normal((64, 128), key=mx.random.key(8)).astype(mx.bfloat16)
     q, s, b = mx.quantize(w, group_size=64, bits=4)

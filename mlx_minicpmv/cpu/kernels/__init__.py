@@ -22,7 +22,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SOURCES = ("CMakeLists.txt", "matmul.cpp", "delta.h", "delta.cpp", "scan.h", "scan.cpp", "state_primitive.h",
-           "pool.h", "pool.cpp", "dispatch.cpp", "kernels.h", "amx.cpp",
+           "softmax.h", "softmax.cpp", "activation.h", "activation.cpp", "pool.h", "pool.cpp", "dispatch.cpp", "kernels.h", "amx.cpp",
            "kernels_impl.h", "kernels_scalar.cpp", "kernels_avx2.cpp", "kernels_avx512.cpp")
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)
@@ -99,10 +99,26 @@ def gated_delta_scan(q, k, v, g, beta, state, isa: str = None):
     return _module.gated_delta_scan(q, k, v, g, beta, state, _isa if isa is None else isa)
 
 
+def softmax(x, isa: str = None):
+    """Softmax along the last axis of float32 x, with ``fast_math``'s exp; needs ``load()``."""
+    return _module.softmax(x, _isa if isa is None else isa)
+
+
+def gelu_tanh(x, isa: str = None):
+    """tanh-GELU of float32 x, as ``fast_math.gelu_tanh``; needs ``load()``."""
+    return _module.gelu_tanh(x, _isa if isa is None else isa)
+
+
+def swiglu(gate, x, isa: str = None):
+    """silu(gate)·x for float32 arrays of one shape, as ``fast_math.swiglu``; needs ``load()``."""
+    return _module.swiglu(gate, x, _isa if isa is None else isa)
+
+
 def _self_test(module) -> None:
     """Refuse kernels that disagree with MLX (a miscompiled instruction set, a nanobind ABI that
     no longer matches): every path once, GEMV (1 row) and GEMM (5 rows), against MLX in fp32."""
     import mlx.core as mx
+    import mlx.nn as nn
 
     key = mx.random.key(19)
     w = mx.random.normal((40, 128), key=key)
@@ -121,6 +137,10 @@ def _self_test(module) -> None:
             checks.append((module.rows_matmul(xf, w, _isa), xf @ w.T, f"float32, {n} rows"))
         checks.append((*_delta_checks(module, rows), "the delta rule's step"))
         checks.append((*_scan_check(module, rows), "the delta rule over a prompt"))
+        scores = 4 * mx.random.normal((rows, 37), key=mx.random.key(37))  # a tail after the vectors
+        checks.append((module.softmax(scores, _isa), mx.softmax(scores, axis=-1), "softmax"))
+        checks.append((module.gelu_tanh(scores, _isa), nn.gelu_approx(scores), "tanh-GELU"))
+        checks.append((module.swiglu(scores, scores[::-1], _isa), nn.silu(scores) * scores[::-1], "SwiGLU"))
         for got, want, what in checks:
             if not mx.allclose(got, want, rtol=1e-4, atol=1e-4).item():
                 raise RuntimeError(f"the {isa_name(module)} kernels disagree with MLX ({what}, {rows} rows)")

@@ -23,6 +23,8 @@ struct Quantized {
   int K, group, bits;
 };
 
+enum class Act : int { gelu_tanh = 0, swiglu = 1 };  // activation(): b is unused by gelu_tanh
+
 struct Isa {
   const char* name;
   // At 4 bits the kernels read x in the nibble order of their vectors: in blocks of
@@ -47,6 +49,10 @@ struct Isa {
   // decayed by g and updated with k, v and beta into s_out, and y (Dv) = s_out · q.
   void (*delta_step)(const float* s_in, const float* q, const float* k, const float* v, float g, float beta, int Dv,
                      int Dk, float* s_out, float* y);
+  // Rows [r0, r1) of x (rows, S) -> their softmax in y, with fast_math.py's exp.
+  void (*softmax)(const float* x, int S, long r0, long r1, float* y);
+  // y[i] = act(a[i], b[i]) for i in [i0, i1), with fast_math.py's exp; b nullptr for one input.
+  void (*activation)(Act act, const float* a, const float* b, long i0, long i1, float* y);
   // y (M, N) = x (M, K) @ w.T for bf16 weights w (N, K), many rows at once; nullptr where the
   // set has none (the GEMM then widens tiles of w for sgemm).
   void (*bf16_gemm)(const uint16_t* w, int K, const float* x, int M, int N, float* y) = nullptr;

@@ -23,6 +23,14 @@ struct V {
   static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
   static T add(T a, T b) { return _mm512_add_ps(a, b); }
   static T mul(T a, T b) { return _mm512_mul_ps(a, b); }
+  static T sub(T a, T b) { return _mm512_sub_ps(a, b); }
+  static T div(T a, T b) { return _mm512_div_ps(a, b); }
+  static T max(T a, T b) { return _mm512_max_ps(a, b); }
+  static T min(T a, T b) { return _mm512_min_ps(a, b); }
+  static float hmax(T v) { return _mm512_reduce_max_ps(v); }
+  static T pow2n(T n) {  // 2^n from the bits of n + 1.5·2^23 (kernels_impl.h's exp_v)
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_sub_epi32(_mm512_castps_si512(n), _mm512_set1_epi32(0x4B400000 - 127)), 23));
+  }
   static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
   static float hsum(T v) { return _mm512_reduce_add_ps(v); }
   static __m128i bytes(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }

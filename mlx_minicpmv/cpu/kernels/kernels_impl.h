@@ -226,6 +226,93 @@ void delta_step_t(const float* s_in, const float* q, const float* k, const float
   }
 }
 
+// e^x as fast_math.py's exp computes it in MLX ops: x clipped to [-80, 89], x·log2(e) = n + f
+// with |f| <= 1/2 (n by adding 1.5·2^23), 2^f by its degree-7 Taylor polynomial in Estrin's
+// scheme, 2^n from n's bits. The same numbers as there, a vector at a time.
+template <class V>
+inline typename V::T exp_v(typename V::T x) {
+  using T = typename V::T;
+  constexpr float kRound = 12582912.0f;
+  const T t = V::mul(V::max(V::min(x, V::bcast(89.0f)), V::bcast(-80.0f)), V::bcast(1.4426950408889634f));
+  const T n = V::add(t, V::bcast(kRound));
+  const T f = V::sub(t, V::sub(n, V::bcast(kRound)));
+  const T f2 = V::mul(f, f);
+  const T p01 = V::fma(V::bcast(0.6931471805599453f), f, V::bcast(1.0f));
+  const T p23 = V::fma(V::bcast(0.05550410866482158f), f, V::bcast(0.2402265069591007f));
+  const T p45 = V::fma(V::bcast(0.0013333558146428443f), f, V::bcast(0.009618129107628477f));
+  const T p67 = V::fma(V::bcast(1.525273380405984e-05f), f, V::bcast(0.00015403530393381606f));
+  const T p = V::fma(V::mul(f2, f2), V::fma(f2, p67, p45), V::fma(f2, p23, p01));
+  return V::mul(V::pow2n(n), p);
+}
+
+// Rows [r0, r1) of x (rows, S) -> softmax along each row into y: the row's max, e^(x - max)
+// with its sum, then a multiply by 1/sum; a row of S floats stays in L1 through the three passes.
+template <class V>
+void softmax_rows_t(const float* x, int S, long r0, long r1, float* y) {
+  using T = typename V::T;
+  constexpr int L = V::L;
+  const int body = S / L * L;
+  for (long r = r0; r < r1; ++r) {
+    const float* xr = x + r * S;
+    float* yr = y + r * S;
+    T m = V::bcast(-__builtin_huge_valf());
+    for (int i = 0; i < body; i += L) m = V::max(m, V::load(xr + i));
+    float top = V::hmax(m);
+    for (int i = body; i < S; ++i) top = xr[i] > top ? xr[i] : top;
+    const T mv = V::bcast(top);
+    T acc = V::zero();
+    for (int i = 0; i < body; i += L) {
+      const T e = exp_v<V>(V::sub(V::load(xr + i), mv));
+      V::store(yr + i, e);
+      acc = V::add(acc, e);
+    }
+    float sum = V::hsum(acc);
+    if (body < S) {  // the tail through one more vector, padded, so it gets the same numbers
+      float pad[L];
+      for (int i = 0; i < L; ++i) pad[i] = body + i < S ? xr[body + i] : top;
+      V::store(pad, exp_v<V>(V::sub(V::load(pad), mv)));
+      for (int i = body; i < S; ++i) {
+        yr[i] = pad[i - body];
+        sum += yr[i];
+      }
+    }
+    const float inv = 1.0f / sum;
+    const T iv = V::bcast(inv);
+    for (int i = 0; i < body; i += L) V::store(yr + i, V::mul(V::load(yr + i), iv));
+    for (int i = body; i < S; ++i) yr[i] *= inv;
+  }
+}
+
+// The activations of fast_math.py, elementwise over [i0, i1): tanh-GELU x / (1 + e^(-1.5957691·(x
+// + 0.044715·x³))), and SwiGLU gate / (1 + e^-gate) · x (silu first: gate·x can overflow where
+// silu(gate)·x is 0), in fast_math's order of operations.
+template <class V>
+inline typename V::T act_v(Act act, typename V::T a, typename V::T b) {
+  using T = typename V::T;
+  const T one = V::bcast(1.0f);
+  if (act == Act::gelu_tanh) {
+    const T arg = V::mul(V::bcast(-1.5957691216057308f), V::add(a, V::mul(V::mul(V::mul(V::bcast(0.044715f), a), a), a)));
+    return V::div(a, V::add(one, exp_v<V>(arg)));
+  }
+  return V::mul(V::div(a, V::add(one, exp_v<V>(V::sub(V::zero(), a)))), b);
+}
+
+template <class V>
+void activation_t(Act act, const float* a, const float* b, long i0, long i1, float* y) {
+  constexpr int L = V::L;
+  long i = i0;
+  for (; i + L <= i1; i += L) V::store(y + i, act_v<V>(act, V::load(a + i), b ? V::load(b + i) : V::zero()));
+  if (i < i1) {  // the tail through one more vector, padded with zeros
+    float pa[L] = {}, pb[L] = {};
+    for (long j = i; j < i1; ++j) {
+      pa[j - i] = a[j];
+      pb[j - i] = b ? b[j] : 0.0f;
+    }
+    V::store(pa, act_v<V>(act, V::load(pa), V::load(pb)));
+    for (long j = i; j < i1; ++j) y[j] = pa[j - i];
+  }
+}
+
 template <class V, int BITS>
 void qgemv_bits(const Quantized& q, const float* xp, const float* xsum, int n0, int n1, float* y) {
   switch (q.group) {
@@ -264,5 +351,7 @@ Isa make_isa(const char* name) {
       },
       fgemv_rows<V>,
       delta_step_t<V>,
+      softmax_rows_t<V>,
+      activation_t<V>,
   };
 }

@@ -16,6 +16,19 @@ struct V {
   static void store(float* p, T v) { *p = v; }
   static T add(T a, T b) { return a + b; }
   static T mul(T a, T b) { return a * b; }
+  static T sub(T a, T b) { return a - b; }
+  static T div(T a, T b) { return a / b; }
+  static T max(T a, T b) { return a > b ? a : b; }
+  static T min(T a, T b) { return a < b ? a : b; }
+  static float hmax(T v) { return v; }
+  static T pow2n(T n) {  // 2^n from the bits of n + 1.5·2^23 (kernels_impl.h's exp_v)
+    uint32_t bits;
+    __builtin_memcpy(&bits, &n, 4);
+    bits = (bits - (0x4B400000u - 127u)) << 23;
+    float f;
+    __builtin_memcpy(&f, &bits, 4);
+    return f;
+  }
   static T fma(T a, T b, T c) { return a * b + c; }
   static float hsum(T v) { return v; }
   static T u8(const uint8_t* p) { return static_cast<float>(*p); }

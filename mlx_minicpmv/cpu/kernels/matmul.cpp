@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "activation.h"
 #include "delta.h"
 #include "kernels.h"
 #include "mlx/backend/cpu/encoder.h"
@@ -27,6 +28,7 @@
 #include "mlx/primitives.h"
 #include "pool.h"
 #include "scan.h"
+#include "softmax.h"
 
 namespace mx = mlx::core;
 namespace nb = nanobind;
@@ -293,6 +295,13 @@ NB_MODULE(_cpu_kernels, m) {
         nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("g"), nb::arg("beta"), nb::arg("state"), nb::arg("isa") = "",
         "The gated delta rule over T tokens: (y (B, T, Hv, Dv), state) for float32 q, k (B, T, Hk, Dk), v, g, beta "
         "(B, T, Hv) and state (B, Hv, Dv, Dk), on the CPU stream.");
+  m.def("softmax", [](const mx::array& x, const std::string& isa) { return cpuk::softmax(x, isa_or_best(isa)); },
+        nb::arg("x"), nb::arg("isa") = "", "softmax along the last axis of float32 x, on the CPU stream.");
+  m.def("gelu_tanh", [](const mx::array& x, const std::string& isa) { return cpuk::gelu_tanh(x, isa_or_best(isa)); },
+        nb::arg("x"), nb::arg("isa") = "", "tanh-GELU of float32 x, on the CPU stream.");
+  m.def("swiglu",
+        [](const mx::array& gate, const mx::array& x, const std::string& isa) { return cpuk::swiglu(gate, x, isa_or_best(isa)); },
+        nb::arg("gate"), nb::arg("x"), nb::arg("isa") = "", "silu(gate) * x for float32 arrays of one shape, on the CPU stream.");
   m.def("runnable_isas", &runnable_isas, "The kernel sets this CPU runs, best first.");
   m.def("threads", [] { return cpuk::Pool::get().threads(); }, "Threads the GEMV uses.");
 }

@@ -1,0 +1,13 @@
+// Softmax over the last axis as an MLX primitive (softmax.cpp), bound in matmul.cpp.
+
+#pragma once
+
+#include "kernels.h"
+#include "mlx/array.h"
+
+namespace cpuk {
+
+// softmax(x) along the last axis for float32 x (..., S), on the CPU stream.
+mlx::core::array softmax(const mlx::core::array& x, const Isa* isa);
+
+}  // namespace cpuk
