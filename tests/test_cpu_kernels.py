@@ -151,13 +151,20 @@ def test_softmax_and_the_activations_equal_fast_math(ext, isa):
     visible = mx.arange(133)[None] <= mx.arange(133)[:, None]
     scores = mx.where(visible, 4 * mx.random.normal((133, 133), key=mx.random.key(23)), -mx.inf)
     close(cpu_kernels.softmax(scores, isa=isa), mx.softmax(scores, axis=-1, precise=True))
-    ops_gelu = fast_math._times_sigmoid_out(x, *fast_math._exp_parts(fast_math._gelu_arg(x)))
-    ops_swiglu = fast_math._swiglu_out(gate, x, *fast_math._exp_parts(-gate))
-    close(cpu_kernels.gelu_tanh(x, isa=isa), ops_gelu, rtol=1e-6)
-    close(cpu_kernels.swiglu(gate, x, isa=isa), ops_swiglu, rtol=1e-6)
-    close(cpu_kernels.gelu_tanh(x, isa=isa), nn.gelu_approx(x))
+    ops = {
+        "gelu_tanh": fast_math._times_sigmoid_out(x, *fast_math._exp_parts(fast_math._gelu_arg(x))),
+        "silu": fast_math._times_sigmoid_out(x, *fast_math._exp_parts(-x)),
+        "sigmoid": fast_math._sigmoid_out(*fast_math._exp_parts(-x)),
+    }
+    mlx_own = {"gelu_tanh": nn.gelu_approx(x), "silu": nn.silu(x), "sigmoid": mx.sigmoid(x)}
+    for name, want in ops.items():
+        close(cpu_kernels.activation(x, name, isa=isa), want, rtol=1e-6)
+        close(cpu_kernels.activation(x, name, isa=isa), mlx_own[name])
+    close(cpu_kernels.swiglu(gate, x, isa=isa), fast_math._swiglu_out(gate, x, *fast_math._exp_parts(-gate)), rtol=1e-6)
     with pytest.raises(ValueError, match="one shape"):
         cpu_kernels.swiglu(gate, x[:1], isa=isa)
+    with pytest.raises(ValueError, match="no activation"):
+        cpu_kernels.activation(x, "relu", isa=isa)
 
 
 def test_fast_math_hands_big_arrays_to_the_kernels(ext, monkeypatch):
@@ -165,13 +172,14 @@ def test_fast_math_hands_big_arrays_to_the_kernels(ext, monkeypatch):
     from mlx_minicpmv.cpu import fast_math
 
     called = []
-    for name in ("softmax", "gelu_tanh", "swiglu"):
+    for name in ("softmax", "activation", "swiglu"):
         real = getattr(cpu_kernels, name)
-        monkeypatch.setattr(cpu_kernels, name, lambda *a, real=real, name=name: called.append(name) or real(*a))
+        monkeypatch.setattr(cpu_kernels, name, lambda *a, real=real, name=name: called.append((name, *(v for v in a if isinstance(v, str)))) or real(*a))
     small, big = mx.ones((2, 100)), mx.ones((1, fast_math.KERNEL_SIZE))
     for x in (small, big):
-        mx.eval(fast_math.softmax(x), fast_math.gelu_tanh(x), fast_math.swiglu(x, x))
-    assert called == ["softmax", "softmax", "gelu_tanh", "swiglu"]
+        mx.eval(fast_math.softmax(x), fast_math.gelu_tanh(x), fast_math.silu(x), fast_math.sigmoid(x), fast_math.swiglu(x, x))
+    assert called == [("softmax",), ("softmax",), ("activation", "gelu_tanh"), ("activation", "silu"),
+                      ("activation", "sigmoid"), ("swiglu",)]
 
 
 def test_strided_inputs_and_compile(ext):

@@ -101,21 +101,27 @@ def exp(x: mx.array) -> mx.array:
     return _product(*_exp_parts(x))
 
 
+
+
+def _by_kernel(*arrays) -> bool:
+    """Big enough that the kernels' version (the same math, on every core) pays for its call."""
+    return arrays[0].size >= KERNEL_SIZE and all(a.shape == arrays[0].shape for a in arrays) and kernels.load() is not None
+
+
 def sigmoid(x: mx.array) -> mx.array:
     if not fast(x):
         return mx.sigmoid(x)
+    if _by_kernel(x):
+        return kernels.activation(x, "sigmoid")
     return _sigmoid_out(*_exp_parts(-x))
 
 
 def silu(x: mx.array) -> mx.array:
     if not fast(x):
         return nn.silu(x)
+    if _by_kernel(x):
+        return kernels.activation(x, "silu")
     return _times_sigmoid_out(x, *_exp_parts(-x))
-
-
-def _by_kernel(*arrays) -> bool:
-    """Big enough that the kernels' version (the same math, on every core) pays for its call."""
-    return arrays[0].size >= KERNEL_SIZE and all(a.shape == arrays[0].shape for a in arrays) and kernels.load() is not None
 
 
 def swiglu(gate: mx.array, x: mx.array) -> mx.array:
@@ -132,7 +138,7 @@ def gelu_tanh(x: mx.array) -> mx.array:
     if not fast(x):
         return nn.gelu_approx(x)
     if _by_kernel(x):
-        return kernels.gelu_tanh(x)
+        return kernels.activation(x, "gelu_tanh")
     return _times_sigmoid_out(x, *_exp_parts(_gelu_arg(x)))
 
 

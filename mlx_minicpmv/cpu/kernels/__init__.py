@@ -104,9 +104,9 @@ def softmax(x, isa: str = None):
     return _module.softmax(x, _isa if isa is None else isa)
 
 
-def gelu_tanh(x, isa: str = None):
-    """tanh-GELU of float32 x, as ``fast_math.gelu_tanh``; needs ``load()``."""
-    return _module.gelu_tanh(x, _isa if isa is None else isa)
+def activation(x, name: str, isa: str = None):
+    """``gelu_tanh``, ``silu`` or ``sigmoid`` of float32 x, as ``fast_math``'s; needs ``load()``."""
+    return _module.activation(x, name, _isa if isa is None else isa)
 
 
 def swiglu(gate, x, isa: str = None):
@@ -139,7 +139,8 @@ def _self_test(module) -> None:
         checks.append((*_scan_check(module, rows), "the delta rule over a prompt"))
         scores = 4 * mx.random.normal((rows, 37), key=mx.random.key(37))  # a tail after the vectors
         checks.append((module.softmax(scores, _isa), mx.softmax(scores, axis=-1), "softmax"))
-        checks.append((module.gelu_tanh(scores, _isa), nn.gelu_approx(scores), "tanh-GELU"))
+        for name, want in (("gelu_tanh", nn.gelu_approx), ("silu", nn.silu), ("sigmoid", mx.sigmoid)):
+            checks.append((module.activation(scores, name, _isa), want(scores), name))
         checks.append((module.swiglu(scores, scores[::-1], _isa), nn.silu(scores) * scores[::-1], "SwiGLU"))
         for got, want, what in checks:
             if not mx.allclose(got, want, rtol=1e-4, atol=1e-4).item():

@@ -23,7 +23,14 @@ class Activation : public mx::UnaryPrimitive {
  public:
   Activation(mx::Stream s, const Isa* isa, Act act) : mx::UnaryPrimitive(s), isa_(isa), act_(act) {}
 
-  const char* name() const override { return act_ == Act::gelu_tanh ? "CpuGeluTanh" : "CpuSwiGLU"; }
+  const char* name() const override {
+    switch (act_) {
+      case Act::gelu_tanh: return "CpuGeluTanh";
+      case Act::swiglu: return "CpuSwiGLU";
+      case Act::silu: return "CpuSiLU";
+      default: return "CpuSigmoid";
+    }
+  }
   void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
     throw std::runtime_error("[cpu_kernels] CPU only: on a GPU MLX's own activations run.");
   }
@@ -69,7 +76,10 @@ mx::array call(std::vector<mx::array> inputs, const Isa* isa, Act act) {
 
 }  // namespace
 
-mx::array gelu_tanh(const mx::array& x, const Isa* isa) { return call({x}, isa, Act::gelu_tanh); }
+mx::array activation(const mx::array& x, const Isa* isa, Act act) {
+  if (act == Act::swiglu) throw std::invalid_argument("[cpu_kernels] SwiGLU takes two arrays");
+  return call({x}, isa, act);
+}
 
 mx::array swiglu(const mx::array& gate, const mx::array& x, const Isa* isa) { return call({gate, x}, isa, Act::swiglu); }
 

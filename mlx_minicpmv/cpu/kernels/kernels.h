@@ -23,7 +23,7 @@ struct Quantized {
   int K, group, bits;
 };
 
-enum class Act : int { gelu_tanh = 0, swiglu = 1 };  // activation(): b is unused by gelu_tanh
+enum class Act : int { gelu_tanh = 0, swiglu = 1, silu = 2, sigmoid = 3 };  // activation(): b only for swiglu
 
 struct Isa {
   const char* name;

@@ -283,9 +283,9 @@ void softmax_rows_t(const float* x, int S, long r0, long r1, float* y) {
   }
 }
 
-// The activations of fast_math.py, elementwise over [i0, i1): tanh-GELU x / (1 + e^(-1.5957691·(x
-// + 0.044715·x³))), and SwiGLU gate / (1 + e^-gate) · x (silu first: gate·x can overflow where
-// silu(gate)·x is 0), in fast_math's order of operations.
+// The activations of fast_math.py, elementwise over [i0, i1), in its order of operations:
+// tanh-GELU x / (1 + e^(-1.5957691·(x + 0.044715·x³))), SwiGLU gate / (1 + e^-gate) · x (silu
+// first: gate·x can overflow where silu(gate)·x is 0), SiLU x / (1 + e^-x), sigmoid 1 / (1 + e^-x).
 template <class V>
 inline typename V::T act_v(Act act, typename V::T a, typename V::T b) {
   using T = typename V::T;
@@ -294,7 +294,10 @@ inline typename V::T act_v(Act act, typename V::T a, typename V::T b) {
     const T arg = V::mul(V::bcast(-1.5957691216057308f), V::add(a, V::mul(V::mul(V::mul(V::bcast(0.044715f), a), a), a)));
     return V::div(a, V::add(one, exp_v<V>(arg)));
   }
-  return V::mul(V::div(a, V::add(one, exp_v<V>(V::sub(V::zero(), a)))), b);
+  const T denominator = V::add(one, exp_v<V>(V::sub(V::zero(), a)));
+  if (act == Act::sigmoid) return V::div(one, denominator);
+  const T silu = V::div(a, denominator);
+  return act == Act::silu ? silu : V::mul(silu, b);
 }
 
 template <class V>

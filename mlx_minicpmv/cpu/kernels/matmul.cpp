@@ -297,8 +297,15 @@ NB_MODULE(_cpu_kernels, m) {
         "(B, T, Hv) and state (B, Hv, Dv, Dk), on the CPU stream.");
   m.def("softmax", [](const mx::array& x, const std::string& isa) { return cpuk::softmax(x, isa_or_best(isa)); },
         nb::arg("x"), nb::arg("isa") = "", "softmax along the last axis of float32 x, on the CPU stream.");
-  m.def("gelu_tanh", [](const mx::array& x, const std::string& isa) { return cpuk::gelu_tanh(x, isa_or_best(isa)); },
-        nb::arg("x"), nb::arg("isa") = "", "tanh-GELU of float32 x, on the CPU stream.");
+  m.def("activation",
+        [](const mx::array& x, const std::string& name, const std::string& isa) {
+          const cpuk::Act act = name == "gelu_tanh" ? cpuk::Act::gelu_tanh
+                                : name == "silu"    ? cpuk::Act::silu
+                                : name == "sigmoid" ? cpuk::Act::sigmoid
+                                                    : throw std::invalid_argument("[cpu_kernels] no activation " + name);
+          return cpuk::activation(x, isa_or_best(isa), act);
+        },
+        nb::arg("x"), nb::arg("name"), nb::arg("isa") = "", "gelu_tanh, silu or sigmoid of float32 x, on the CPU stream.");
   m.def("swiglu",
         [](const mx::array& gate, const mx::array& x, const std::string& isa) { return cpuk::swiglu(gate, x, isa_or_best(isa)); },
         nb::arg("gate"), nb::arg("x"), nb::arg("isa") = "", "silu(gate) * x for float32 arrays of one shape, on the CPU stream.");
