@@ -14,40 +14,91 @@
 
 #pragma once
 
+// GEMVs read R weight rows at once, each from its own R-th of the caller's range: a core's
+// reads then form R streams far apart, which its prefetchers serve in parallel, where the next
+// rows of one stream (R adjacent rows) are one stream. A 2 KB prefetch ahead in each, and the x
+// vector loaded once for the R rows. Measured on 0.5 GB of bf16 rows on 2 cores: one row at a
+// time 16.3 GB/s, 4 adjacent rows 18.7, 4 spread rows 26.0 (a plain read of it: 24-27 GB/s).
+constexpr int kSpread = 4;
+constexpr long kPrefetchBytes = 2048;
 
+template <class V>
+inline void prefetch_bytes(const void* p) {
+  V::prefetch(reinterpret_cast<const float*>(static_cast<const char*>(p) + kPrefetchBytes));
+}
+
+// Rows [n0, n1) by f(first rows of R spread rows, R) then f(row, 1) for the rest; f takes the
+// R row indices.
+template <int R, class F>
+void spread_rows(int n0, int n1, F&& f) {
+  const int per = (n1 - n0) / R;
+  int rows[R];
+  for (int i = 0; i < per; ++i) {
+    for (int r = 0; r < R; ++r) rows[r] = n0 + r * per + i;
+    f(rows, std::integral_constant<int, R>{});
+  }
+  for (int n = n0 + R * per; n < n1; ++n) f(&n, std::integral_constant<int, 1>{});
+}
+
+
+
+// R spread rows (spread_rows) of quantised weights against x: per group, R sums of
+// q·x (the R rows are the independent FMA chains), each scaled into its row's total.
+template <class V, int BITS, int GROUP, int R>
+void qgemv_rows(const Quantized& q, const float* xp, const float* xsum, const int* rows, float* y) {
+  using T = typename V::T;
+  constexpr int L = V::L;
+  const int G = q.K / GROUP;
+  const long row_bytes = static_cast<long>(q.K) * BITS / 8;
+  const uint8_t* base[R];
+  T total[R];
+  float bias_term[R];
+  for (int r = 0; r < R; ++r) {
+    base[r] = reinterpret_cast<const uint8_t*>(q.w) + rows[r] * row_bytes;
+    total[r] = V::zero();
+    bias_term[r] = 0.0f;
+  }
+  for (int g = 0; g < G; ++g) {
+    const float* x = xp + g * GROUP;
+    const long at = static_cast<long>(g) * (GROUP * BITS / 8);
+    T acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = V::zero();
+    if constexpr (BITS == 8) {
+      for (int k = 0; k < GROUP; k += L) {
+        const T xk = V::load(x + k);
+        for (int r = 0; r < R; ++r) {
+          const uint8_t* b = base[r] + at + k;
+          if ((at + k) % 64 == 0) prefetch_bytes<V>(b);
+          acc[r] = V::fma(V::u8(b), xk, acc[r]);
+        }
+      }
+    } else {  // L bytes hold 2L values: the low nibbles the even ones, the high nibbles the odd ones
+      for (int i = 0; i < GROUP / 2; i += L) {
+        const T x0 = V::load(x + 2 * i), x1 = V::load(x + 2 * i + L);
+        for (int r = 0; r < R; ++r) {
+          const uint8_t* b = base[r] + at + i;
+          if ((at + i) % 64 == 0) prefetch_bytes<V>(b);
+          T lo, hi;
+          V::nibbles(b, lo, hi);
+          acc[r] = V::fma(hi, x1, V::fma(lo, x0, acc[r]));
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      const long sg = static_cast<long>(rows[r]) * G + g;
+      total[r] = V::fma(V::bcast(load_float(q.scales, q.dtype, sg)), acc[r], total[r]);
+      bias_term[r] += load_float(q.biases, q.dtype, sg) * xsum[g];
+    }
+  }
+  for (int r = 0; r < R; ++r) y[rows[r]] = V::hsum(total[r]) + bias_term[r];
+}
 
 template <class V, int BITS, int GROUP>
 void qgemv_t(const Quantized& q, const float* xp, const float* xsum, int n0, int n1, float* y) {
-  using T = typename V::T;
-  constexpr int L = V::L, A = 4;  // A independent accumulators hide the FMA latency
-  const int G = q.K / GROUP;
-  const long row_bytes = static_cast<long>(q.K) * BITS / 8;
-  for (int n = n0; n < n1; ++n) {
-    const uint8_t* row = reinterpret_cast<const uint8_t*>(q.w) + n * row_bytes;
-    const long sg = static_cast<long>(n) * G;
-    T total[2] = {V::zero(), V::zero()};
-    float bias_term = 0.0f;
-    for (int g = 0; g < G; ++g) {
-      const float* x = xp + g * GROUP;
-      const uint8_t* b = row + g * (GROUP * BITS / 8);
-      T acc[A] = {V::zero(), V::zero(), V::zero(), V::zero()};
-      if constexpr (BITS == 8) {
-        for (int k = 0; k < GROUP; k += L) acc[(k / L) % A] = V::fma(V::u8(b + k), V::load(x + k), acc[(k / L) % A]);
-      } else {  // L bytes hold 2L values: the low nibbles the even ones, the high nibbles the odd ones
-        for (int i = 0; i < GROUP / 2; i += L) {
-          const int a = (2 * i / L) % A;
-          T lo, hi;
-          V::nibbles(b + i, lo, hi);
-          acc[a] = V::fma(lo, V::load(x + 2 * i), acc[a]);
-          acc[a + 1] = V::fma(hi, V::load(x + 2 * i + L), acc[a + 1]);
-        }
-      }
-      const T sum = V::add(V::add(acc[0], acc[1]), V::add(acc[2], acc[3]));
-      total[g & 1] = V::fma(V::bcast(load_float(q.scales, q.dtype, sg + g)), sum, total[g & 1]);
-      bias_term += load_float(q.biases, q.dtype, sg + g) * xsum[g];
-    }
-    y[n - n0] = V::hsum(V::add(total[0], total[1])) + bias_term;
-  }
+  y -= n0;
+  spread_rows<kSpread>(n0, n1, [&](const int* rows, auto r) {
+    qgemv_rows<V, BITS, GROUP, decltype(r)::value>(q, xp, xsum, rows, y);
+  });
 }
 
 template <class V, int BITS, int GROUP>
@@ -83,21 +134,35 @@ inline typename V::T widen(const uint16_t* p) {
   if constexpr (BF16) return V::bf16(p); else return V::f16(p);
 }
 
+template <class V, bool BF16, int R>
+void hgemv_rows(const uint16_t* w, int K, const float* x, const int* rows, float* y) {
+  using T = typename V::T;
+  constexpr int L = V::L;
+  const int body = K / L * L;
+  const uint16_t* p[R];
+  T acc[R];
+  for (int r = 0; r < R; ++r) {
+    p[r] = w + static_cast<long>(rows[r]) * K;
+    acc[r] = V::zero();
+  }
+  for (int k = 0; k < body; k += L) {
+    const T xk = V::load(x + k);
+    for (int r = 0; r < R; ++r) {
+      if (k % 32 == 0) prefetch_bytes<V>(p[r] + k);  // once per 64-byte line
+      acc[r] = V::fma(widen<V, BF16>(p[r] + k), xk, acc[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float sum = V::hsum(acc[r]);
+    for (int k = body; k < K; ++k) sum += (BF16 ? bf16_to_f32(p[r][k]) : f16_to_f32(p[r][k])) * x[k];
+    y[rows[r]] = sum;
+  }
+}
+
 template <class V, bool BF16>
 void hgemv_t(const uint16_t* w, int K, const float* x, int n0, int n1, float* y) {
-  using T = typename V::T;
-  constexpr int L = V::L, A = 4;
-  const int body = K / (A * L) * (A * L);
-  for (int n = n0; n < n1; ++n) {
-    const uint16_t* row = w + static_cast<long>(n) * K;
-    T acc[A] = {V::zero(), V::zero(), V::zero(), V::zero()};
-    for (int k = 0; k < body; k += A * L) {
-      for (int a = 0; a < A; ++a) acc[a] = V::fma(widen<V, BF16>(row + k + a * L), V::load(x + k + a * L), acc[a]);
-    }
-    float sum = V::hsum(V::add(V::add(acc[0], acc[1]), V::add(acc[2], acc[3])));
-    for (int k = body; k < K; ++k) sum += (BF16 ? bf16_to_f32(row[k]) : f16_to_f32(row[k])) * x[k];
-    y[n - n0] = sum;
-  }
+  y -= n0;
+  spread_rows<kSpread>(n0, n1, [&](const int* rows, auto r) { hgemv_rows<V, BF16, decltype(r)::value>(w, K, x, rows, y); });
 }
 
 template <class V, bool BF16>
