@@ -47,7 +47,7 @@ def close(got, want, rtol=1e-5):
 @pytest.mark.parametrize("stored", [mx.bfloat16, mx.float16, mx.float32])
 @pytest.mark.parametrize("rows", [(1,), (3,), (2, 2), (17,)])  # GEMVs below 4 rows, the tiled GEMM from 4
 def test_quantized_matmul_equals_mlx(ext, isa, bits, group_size, stored, rows):
-    w = mx.random.normal((72, 256), key=mx.random.key(bits + group_size)).astype(stored)
+    w = mx.random.normal((75, 256), key=mx.random.key(bits + group_size)).astype(stored)  # 75: rows left after the spread blocks
     q, s, b = mx.quantize(w, group_size=group_size, bits=bits)
     x = mx.random.normal(rows + (256,), key=mx.random.key(7))
     want = mx.quantized_matmul(x, q, s, b, transpose=True, group_size=group_size, bits=bits)
@@ -180,6 +180,41 @@ def test_fast_math_hands_big_arrays_to_the_kernels(ext, monkeypatch):
         mx.eval(fast_math.softmax(x), fast_math.gelu_tanh(x), fast_math.silu(x), fast_math.sigmoid(x), fast_math.swiglu(x, x))
     assert called == [("softmax",), ("softmax",), ("activation", "gelu_tanh"), ("activation", "silu"),
                       ("activation", "sigmoid"), ("swiglu",)]
+
+
+@pytest.mark.parametrize("isa", isas())
+def test_the_norms_equal_mlx(ext, isa):
+    x = 3 * mx.random.normal((4, 7, 133), key=mx.random.key(31)) + 2  # a tail after the vectors, an offset mean
+    w, b = (mx.random.normal((133,), key=mx.random.key(i)) for i in (32, 33))
+    close(cpu_kernels.layer_norm(x, w, b, 1e-6, isa=isa), mx.fast.layer_norm(x, w, b, 1e-6))
+    close(cpu_kernels.layer_norm(x, None, None, 1e-5, isa=isa), mx.fast.layer_norm(x, None, None, 1e-5))
+    close(cpu_kernels.rms_norm(x, w, 1e-6, isa=isa), mx.fast.rms_norm(x, w, 1e-6))
+    close(cpu_kernels.rms_norm(x, None, 1e-6, isa=isa), mx.fast.rms_norm(x, None, 1e-6))
+    with pytest.raises(ValueError, match="weight and bias"):
+        cpu_kernels.rms_norm(x, w[:5], 1e-6, isa=isa)
+
+
+def test_the_model_with_every_norm_and_activation_in_the_kernels(ext, tiny, monkeypatch, tmp_path):
+    """The tiny models' arrays stay below fast_math.KERNEL_SIZE, so the model tests run MLX's ops
+    there; with it at 1 every norm and activation of the CPU layers goes to the kernels, and the
+    logits stay the same."""
+    from mlx_minicpmv.cpu import fast_math
+
+    model, processor = tiny.load()
+    inputs = inputs_with_image(processor, tmp_path)
+    extra = {k: v for k, v in inputs.model_inputs().items() if k not in ("input_ids", "pixel_values", "target_sizes")}
+
+    def logits():
+        return model(inputs.input_ids, inputs.pixel_values, inputs.target_sizes, **extra)
+
+    want = logits()
+    called = set()
+    for name in ("layer_norm", "rms_norm", "activation", "swiglu"):
+        real = getattr(cpu_kernels, name)
+        monkeypatch.setattr(cpu_kernels, name, lambda *a, real=real, name=name, **k: called.add(name) or real(*a, **k))
+    monkeypatch.setattr(fast_math, "KERNEL_SIZE", 1)
+    close(logits(), want)
+    assert called == {"layer_norm", "rms_norm", "activation", "swiglu"}
 
 
 def test_strided_inputs_and_compile(ext):

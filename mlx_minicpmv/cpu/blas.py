@@ -54,9 +54,15 @@ def load():
     # OpenBLAS's threads spin for 2^28 cycles (~0.1 s) after each call before they sleep; between
     # the attention's sgemms they held the cores that the kernels' pool (cpu/kernels) ran the
     # next layer on: a bf16 448x448 image 4.33 -> 3.14 s, prefill 135 -> 146 tokens/s with 2^4.
-    # Read when the library loads; a user's own setting wins.
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-    loaded, _ = open_library(os.RTLD_NOW | os.RTLD_GLOBAL)
+    # Read when the library loads; a user's own setting wins, and child processes get none.
+    ours = "OPENBLAS_THREAD_TIMEOUT" not in os.environ
+    if ours:
+        os.environ["OPENBLAS_THREAD_TIMEOUT"] = "4"
+    try:
+        loaded, _ = open_library(os.RTLD_NOW | os.RTLD_GLOBAL)
+    finally:
+        if ours:
+            del os.environ["OPENBLAS_THREAD_TIMEOUT"]
     return loaded
 
 

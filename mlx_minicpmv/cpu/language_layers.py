@@ -15,7 +15,7 @@ from mlx_lm.models.base import scaled_dot_product_attention
 from mlx_lm.models.gated_delta import normalize_qk
 
 from ..model.language import MLP, DecoderLayer, GatedAttention, GatedDeltaNet
-from . import fast_math
+from . import fast_math, norm_layers
 from .gated_delta import gated_delta
 from .registry import replaces
 
@@ -135,10 +135,11 @@ class CpuGatedDeltaNet(GatedDeltaNet):
                 [self.head_k_dim, self.head_k_dim, self.head_v_dim],
             )
         )
-        q, k = normalize_qk(q, k, inv_scale=self.head_k_dim**-0.5, eps=1e-6)
+        normalize = normalize_qk if self.training else norm_layers.normalize_qk
+        q, k = normalize(q, k, inv_scale=self.head_k_dim**-0.5, eps=1e-6)
         out, state = gated_delta(q, k, v, a, b, self.A_log, self.dt_bias, state, mask, training=self.training)
         if fast_math.fast(out) and not self.training:  # the gated RMSNorm, silu(z)·rms_norm(out), with the fast SiLU
-            gated = fast_math.swiglu(z, mx.fast.rms_norm(out, self.norm.weight, self.norm.eps))
+            gated = fast_math.swiglu(z, norm_layers.rms_norm(out, self.norm.weight, self.norm.eps))
         else:
             gated = self.norm(out, z)
         return self.out_proj(gated.reshape(B, S, -1)), conv_state, state

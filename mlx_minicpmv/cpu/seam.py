@@ -42,7 +42,7 @@ def keeps_stored(layer) -> bool:
 def specialise(model) -> Dict[str, int]:
     """Put the CPU specialisations into a loaded ``model``: the registered CPU layers (see
     ``registry.py``) and the CPU's choices for the whole model. Returns the swaps made."""
-    from . import gemv_layers, kernel_layers, language_layers, vision_layers  # noqa: F401  (they register their layers)
+    from . import gemv_layers, kernel_layers, language_layers, norm_layers, vision_layers  # noqa: F401  (they register their layers)
     from .registry import swap_layers
 
     counts = swap_layers(model)

@@ -1,4 +1,5 @@
-"""Matmuls over quantised and half-precision weights as stored, for MLX's CPU backend.
+"""Matmuls over quantised and half-precision weights as stored, and the ops MLX's CPU backend
+runs on one thread (the delta rule, softmax, activations, norms), for MLX's CPU backend.
 
 MLX's CPU backend multiplies quantised weights element by element (0.35 GFLOP/s) and bf16
 ones by converting whole matrices per call (7.5 GFLOP/s, measured), so ``load`` used to widen
@@ -6,7 +7,9 @@ such checkpoints to fp32 on the CPU, at 4-6x the memory. These kernels read the 
 weights: MLX's affine quantisation (4 or 8 bits, groups of 32, 64 or 128, scales and biases
 as MLX stores them) and bf16/fp16, with x and the result in float32. See ``matmul.cpp`` for
 the GEMV/GEMM split, ``kernels_impl.h`` for why they are written by hand, and ``amx.cpp`` for
-the bf16 GEMM on Intel's AMX tile unit.
+the bf16 GEMM on Intel's AMX tile unit. The rest are one primitive each (``delta.cpp``,
+``scan.cpp``, ``softmax.cpp``, ``activation.cpp``, ``norm.cpp``), over rows or parts of their
+arrays on the kernels' thread pool, with the same formulas as the MLX ops they replace.
 
 The extension is built on first use like the GEMV one (``mlx_minicpmv/cpu/gemv/build.py``) and
 checked against MLX's own matmuls at load (``_self_test``); where it cannot be built or
@@ -22,7 +25,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SOURCES = ("CMakeLists.txt", "matmul.cpp", "delta.h", "delta.cpp", "scan.h", "scan.cpp", "state_primitive.h",
-           "softmax.h", "softmax.cpp", "activation.h", "activation.cpp", "pool.h", "pool.cpp", "dispatch.cpp", "kernels.h", "amx.cpp",
+           "softmax.h", "softmax.cpp", "activation.h", "activation.cpp", "norm.h", "norm.cpp", "pool.h", "pool.cpp", "dispatch.cpp", "kernels.h", "amx.cpp",
            "kernels_impl.h", "kernels_scalar.cpp", "kernels_avx2.cpp", "kernels_avx512.cpp")
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)
@@ -114,6 +117,16 @@ def swiglu(gate, x, isa: str = None):
     return _module.swiglu(gate, x, _isa if isa is None else isa)
 
 
+def layer_norm(x, weight, bias, eps: float, isa: str = None):
+    """``mx.fast.layer_norm`` for float32 x, weight and bias (or None); needs ``load()``."""
+    return _module.norm(x, weight, bias, eps, False, _isa if isa is None else isa)
+
+
+def rms_norm(x, weight, eps: float, isa: str = None):
+    """``mx.fast.rms_norm`` for float32 x and weight (or None); needs ``load()``."""
+    return _module.norm(x, weight, None, eps, True, _isa if isa is None else isa)
+
+
 def _self_test(module) -> None:
     """Refuse kernels that disagree with MLX (a miscompiled instruction set, a nanobind ABI that
     no longer matches): every path once, GEMV (1 row) and GEMM (5 rows), against MLX in fp32."""
@@ -141,6 +154,9 @@ def _self_test(module) -> None:
         checks.append((module.softmax(scores, _isa), mx.softmax(scores, axis=-1), "softmax"))
         for name, want in (("gelu_tanh", nn.gelu_approx), ("silu", nn.silu), ("sigmoid", mx.sigmoid)):
             checks.append((module.activation(scores, name, _isa), want(scores), name))
+        scale, shift = scores[0] + 2, scores[1]
+        checks.append((module.norm(scores, scale, shift, 1e-6, False, _isa), mx.fast.layer_norm(scores, scale, shift, 1e-6), "LayerNorm"))
+        checks.append((module.norm(scores, scale, None, 1e-6, True, _isa), mx.fast.rms_norm(scores, scale, 1e-6), "RMSNorm"))
         checks.append((module.swiglu(scores, scores[::-1], _isa), nn.silu(scores) * scores[::-1], "SwiGLU"))
         for got, want, what in checks:
             if not mx.allclose(got, want, rtol=1e-4, atol=1e-4).item():

@@ -54,6 +54,9 @@ struct Isa {
   void (*softmax)(const float* x, int S, long r0, long r1, float* y);
   // y[i] = act(a[i], b[i]) for i in [i0, i1), with fast_math.py's exp; b nullptr for one input.
   void (*activation)(Act act, const float* a, const float* b, long i0, long i1, float* y);
+  // Rows [r0, r1) of x (rows, D) -> LayerNorm (rms false) or RMSNorm (rms true) with weight w
+  // and bias b (D floats each, or nullptr).
+  void (*norm)(const float* x, const float* w, const float* b, float eps, bool rms, int D, long r0, long r1, float* y);
   // y (M, N) = x (M, K) @ w.T for bf16 weights w (N, K), many rows at once; nullptr where the
   // set has none (the GEMM then widens tiles of w for sgemm).
   void (*bf16_gemm)(const uint16_t* w, int K, const float* x, int M, int N, float* y) = nullptr;

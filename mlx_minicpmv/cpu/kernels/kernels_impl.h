@@ -381,6 +381,46 @@ void activation_t(Act act, const float* a, const float* b, long i0, long i1, flo
   }
 }
 
+// Rows [r0, r1) of x (rows, D) normalised into y: LayerNorm (x - mean)·rsqrt(var + eps)·w + b
+// with the variance of x - mean (two passes, as MLX's), or RMSNorm x·rsqrt(mean(x²) + eps)·w;
+// w and b may be null (then 1 and 0).
+template <class V>
+void norm_rows_t(const float* x, const float* w, const float* b, float eps, bool rms, int D, long r0, long r1,
+                 float* y) {
+  using T = typename V::T;
+  constexpr int L = V::L;
+  const int body = D / L * L;
+  for (long r = r0; r < r1; ++r) {
+    const float* xr = x + r * D;
+    float* yr = y + r * D;
+    float mean = 0.0f;
+    if (!rms) {
+      T acc = V::zero();
+      for (int i = 0; i < body; i += L) acc = V::add(acc, V::load(xr + i));
+      float sum = V::hsum(acc);
+      for (int i = body; i < D; ++i) sum += xr[i];
+      mean = sum / D;
+    }
+    const T mv = V::bcast(mean);
+    T acc = V::zero();
+    for (int i = 0; i < body; i += L) {
+      const T c = V::sub(V::load(xr + i), mv);
+      acc = V::fma(c, c, acc);
+    }
+    float squares = V::hsum(acc);
+    for (int i = body; i < D; ++i) squares += (xr[i] - mean) * (xr[i] - mean);
+    const float scale = 1.0f / __builtin_sqrtf(squares / D + eps);
+    const T sv = V::bcast(scale);
+    for (int i = 0; i < body; i += L) {
+      T v = V::mul(V::sub(V::load(xr + i), mv), sv);
+      if (w) v = V::mul(v, V::load(w + i));
+      if (b) v = V::add(v, V::load(b + i));
+      V::store(yr + i, v);
+    }
+    for (int i = body; i < D; ++i) yr[i] = (xr[i] - mean) * scale * (w ? w[i] : 1.0f) + (b ? b[i] : 0.0f);
+  }
+}
+
 template <class V, int BITS>
 void qgemv_bits(const Quantized& q, const float* xp, const float* xsum, int n0, int n1, float* y) {
   switch (q.group) {
@@ -421,5 +461,6 @@ Isa make_isa(const char* name) {
       delta_step_t<V>,
       softmax_rows_t<V>,
       activation_t<V>,
+      norm_rows_t<V>,
   };
 }

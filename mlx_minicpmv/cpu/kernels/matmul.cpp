@@ -14,6 +14,7 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/vector.h>
+#include <nanobind/stl/optional.h>
 
 #include <algorithm>
 #include <stdexcept>
@@ -22,6 +23,7 @@
 
 #include "activation.h"
 #include "delta.h"
+#include "norm.h"
 #include "kernels.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/ops.h"
@@ -309,6 +311,11 @@ NB_MODULE(_cpu_kernels, m) {
   m.def("swiglu",
         [](const mx::array& gate, const mx::array& x, const std::string& isa) { return cpuk::swiglu(gate, x, isa_or_best(isa)); },
         nb::arg("gate"), nb::arg("x"), nb::arg("isa") = "", "silu(gate) * x for float32 arrays of one shape, on the CPU stream.");
+  m.def("norm",
+        [](const mx::array& x, const std::optional<mx::array>& weight, const std::optional<mx::array>& bias, float eps,
+           bool rms, const std::string& isa) { return cpuk::norm(x, weight, bias, eps, rms, isa_or_best(isa)); },
+        nb::arg("x"), nb::arg("weight").none(), nb::arg("bias").none(), nb::arg("eps"), nb::arg("rms"), nb::arg("isa") = "",
+        "LayerNorm (rms=False) or RMSNorm (rms=True) of float32 x along its last axis, on the CPU stream.");
   m.def("runnable_isas", &runnable_isas, "The kernel sets this CPU runs, best first.");
   m.def("threads", [] { return cpuk::Pool::get().threads(); }, "Threads the GEMV uses.");
 }
