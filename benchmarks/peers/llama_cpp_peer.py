@@ -14,6 +14,10 @@ Rows: prefill (512 tokens) and decode (128 tokens) from ``llama-bench`` (the med
 samples), first token for the images from ``llama-mtmd-cli -n 1 -c 4096``: the process's wall
 time less that of the same command with a one-word text prompt (the same loads), medians of
 3. Peak memory is the process's peak RSS. ggml uses its own kernels, not OpenBLAS.
+
+Where a run dies of a signal (this build's repacked CPU kernels do for Q8_0 and Q4_K_M on the
+AMX machine here: SIGILL in llama-bench, SIGSEGV), it runs again without weight repacking and
+the rows say ``repack: 0``.
 """
 
 import os
@@ -114,6 +118,29 @@ def convert(out: Path, hf: Path, bin_dir: Path) -> dict:
     return dict(paths, mmproj=mmproj)
 
 
+class Crashed(RuntimeError):
+    """The process died of a signal."""
+
+
+_crash = None  # how the default run died, once one has in this process: the rest run without repacking
+
+
+def measured(cmd, no_repack) -> tuple:
+    """timed_process(cmd), or with ``no_repack`` added once the default has died of a signal."""
+    global _crash
+    if _crash is None:
+        try:
+            return timed_process(cmd)
+        except Crashed as e:
+            _crash = str(e)
+            print(f"   {e}: measured again without weight repacking", file=sys.stderr)
+    return timed_process([*cmd, *no_repack])
+
+
+def crash_note() -> dict:
+    return {} if _crash is None else dict(repack=0, default_run=_crash)
+
+
 def timed_process(cmd) -> tuple:
     """(wall seconds, peak RSS GB, stdout) of one run of ``cmd``; its own rusage via wait4."""
     tic = time.perf_counter()
@@ -127,6 +154,8 @@ def timed_process(cmd) -> tuple:
     for r in readers:
         r.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode < 0:
+        raise Crashed(f"{Path(str(cmd[0])).name} died of signal {-proc.returncode}")
     if proc.returncode:
         lines = streams["stderr"].strip().splitlines()
         raise RuntimeError(f"{Path(str(cmd[0])).name} failed: {lines[-1] if lines else proc.returncode}")
@@ -137,22 +166,24 @@ def bench_text(bin_dir: Path, model: Path, repeats: int):
     """prefill and decode rows from one llama-bench run (its samples' medians)."""
     import json
 
-    _, peak, out = timed_process([bin_dir / "llama-bench", "-m", model, "-p", 512, "-n", DECODE_TOKENS,
-                                  "-t", THREADS, "-r", repeats, "-o", "json"])
+    _, peak, out = measured([bin_dir / "llama-bench", "-m", model, "-p", 512, "-n", DECODE_TOKENS,
+                             "-t", THREADS, "-r", repeats, "-o", "json"], ["--repack", 0])
     for test in json.loads(out):
         row = "prefill" if test["n_prompt"] else "decode"
         samples = test["samples_ts"]
-        report(row, value=statistics.median(samples), peak_gb=peak, runs=len(samples))
+        report(row, value=statistics.median(samples), peak_gb=peak, runs=len(samples), **crash_note())
 
 
 def bench_images(bin_dir: Path, model: Path, mmproj: Path, media: Path, rows, repeats: int):
     common = [bin_dir / "llama-mtmd-cli", "-m", model, "--mmproj", mmproj, "-n", 1, "-c", 4096, "-t", THREADS,
               "--temp", 0, "--no-warmup"]
-    baseline = statistics.median(timed_process(common + ["-p", "Hi"])[0] for _ in range(repeats))
+    runs = {row: [measured(common + ["--image", media / MEDIA[row], "-p", QUESTION], ["--no-repack"])
+                  for _ in range(repeats)] for row in rows}
+    # the baseline after the images: with the same repacking as they ran with
+    baseline = statistics.median(measured(common + ["-p", "Hi"], ["--no-repack"])[0] for _ in range(repeats))
     for row in rows:
-        runs = [timed_process(common + ["--image", media / MEDIA[row], "-p", QUESTION]) for _ in range(repeats)]
-        report(row, value=statistics.median(r[0] for r in runs) - baseline, peak_gb=max(r[1] for r in runs),
-               runs=len(runs), baseline_s=baseline)
+        report(row, value=statistics.median(r[0] for r in runs[row]) - baseline, peak_gb=max(r[1] for r in runs[row]),
+               runs=len(runs[row]), baseline_s=baseline, **crash_note())
 
 
 def main():
