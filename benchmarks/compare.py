@@ -193,7 +193,7 @@ def blas_kernel() -> str:
     with their environment (every MLX runner loads the same library the same way)."""
     done = subprocess.run([sys.executable, "-c", BLAS_REPORT], cwd=ROOT, env=RUNNER_ENV, capture_output=True, text=True)
     if done.returncode:
-        return f"unknown ({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}; pip install threadpoolctl)"
+        return f"unknown ({done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}; pip install -e \".[bench]\")"
     return done.stdout.strip()
 
 
