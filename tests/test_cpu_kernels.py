@@ -125,16 +125,17 @@ def test_fp16_subnormals_and_the_tiled_gemm_over_several_tiles(ext):
 
 @pytest.mark.skipif("amx" not in isas(), reason="this CPU (or its OS) has no AMX tile unit")
 @pytest.mark.parametrize("M,K,N", [(4, 64, 16), (33, 1000, 50), (300, 100, 70), (257, 1152, 96)])  # tails of k, rows, passes
-def test_the_amx_gemm_keeps_x_to_16_bits_over_every_tail(ext, M, K, N):
-    """The AMX GEMM multiplies bf16 pairs: x goes in as two bf16 halves, so its error stays far
-    below that of x rounded to bf16 once, over every tail of its tiles and passes."""
+def test_the_amx_gemm_keeps_all_of_x(ext, M, K, N):
+    """The AMX GEMM multiplies bf16 pairs: x goes in as three bf16 pieces, all 24 bits of its
+    significand, so it is as close to MLX's fp32 product as the tiled sgemm is, over every tail
+    of its tiles and passes, and far closer than x rounded to bf16 once."""
     w = mx.random.normal((N, K), key=mx.random.key(K)).astype(mx.bfloat16)
     x = mx.random.normal((M, K), key=mx.random.key(M)) * mx.exp(3 * mx.random.normal((M, K), key=mx.random.key(N)))
     want = x @ w.astype(mx.float32).T
     got = cpu_kernels.half_matmul(x, w, isa="amx")
-    close(got, want, rtol=2e-5)
+    close(got, want, rtol=2e-6)
     once = x.astype(mx.bfloat16).astype(mx.float32) @ w.astype(mx.float32).T
-    assert np.abs(np.array(got - want)).max() * 20 < np.abs(np.array(once - want)).max()
+    assert np.abs(np.array(got - want)).max() * 100 < np.abs(np.array(once - want)).max()
 
 
 @pytest.mark.parametrize("isa", isas())

@@ -24,9 +24,10 @@ import warnings
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ("CMakeLists.txt", "matmul.cpp", "delta.h", "delta.cpp", "scan.h", "scan.cpp", "state_primitive.h",
-           "softmax.h", "softmax.cpp", "activation.h", "activation.cpp", "norm.h", "norm.cpp", "pool.h", "pool.cpp", "dispatch.cpp", "kernels.h", "amx.cpp",
-           "kernels_impl.h", "kernels_scalar.cpp", "kernels_avx2.cpp", "kernels_avx512.cpp")
+SOURCES = ("CMakeLists.txt", "matmul.cpp", "amx.cpp", "delta.h", "delta.cpp", "scan.h", "scan.cpp",
+           "state_primitive.h", "softmax.h", "softmax.cpp", "activation.h", "activation.cpp", "norm.h", "norm.cpp",
+           "bind.h", "pool.h", "pool.cpp", "dispatch.cpp", "kernels.h", "kernels_impl.h", "kernels_scalar.cpp",
+           "kernels_avx2.cpp", "kernels_avx512.cpp")
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)
 MAX_ROWS = 8  # rows_matmul's rows at once (kMaxRows in kernels.h); more run as passes of 8

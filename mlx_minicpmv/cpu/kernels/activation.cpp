@@ -9,6 +9,7 @@
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/ops.h"
 #include "mlx/primitives.h"
+#include "bind.h"
 #include "pool.h"
 
 namespace mx = mlx::core;
@@ -41,15 +42,8 @@ class Activation : public mx::UnaryPrimitive {
   }
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    std::vector<mx::array> held;
-    for (auto& a : inputs) {
-      encoder.set_input_array(a);
-      held.push_back(mx::array::unsafe_weak_copy(a));
-    }
-    encoder.set_output_array(out);
-    encoder.dispatch([isa = isa_, act = act_, held = std::move(held), y = mx::array::unsafe_weak_copy(out)]() mutable {
+    auto [held, outs] = bind_arrays(stream(), inputs, out);
+    mx::cpu::get_command_encoder(stream()).dispatch([isa = isa_, act = act_, held = std::move(held), y = outs[0]]() mutable {
       const float* a = held[0].data<float>();
       const float* b = held.size() > 1 ? held[1].data<float>() : nullptr;
       float* yp = y.data<float>();

@@ -4,9 +4,12 @@
 //
 // AMX takes bf16 on both sides, and x is float32: rounding it to bf16 would move every product
 // by up to 2^-9, where MLX's bf16 matmul multiplies the widened weights by x in fp32. So x is
-// split into hi = bf16(x) and lo = bf16(x - hi), and W·hi + W·lo is accumulated in fp32: x
-// keeps 16 of its 24 mantissa bits (an error below 2^-17 of each product, ~4e-6 of an output
-// in a sum of random signs), at twice the tile work. W is exact: its values are bf16.
+// split into three bf16 pieces, x = p0 + p1 + p2 with p0 = bf16(x), p1 = bf16(x - p0), p2 =
+// bf16(x - p0 - p1), which hold all 24 bits of its significand, and W·p0 + W·p1 + W·p2 is
+// accumulated in fp32; W's values are bf16, so each product is exact and only the order of the
+// sums differs from sgemm's. Two pieces (16 bits) were 3e-6 from the fp32 product, and the
+// tiny random test models amplified that to 1.5e-3 in their logits (their bound: 1e-3). Three
+// pieces cost 1.5x the tile work of two.
 //
 // The weights are the tiles' A operand (16 rows of 32 k each, W's own layout), x the B operand
 // (packed once per call into AMX's pair layout: row p of a tile holds x[m][2p], x[m][2p+1] for
@@ -30,7 +33,8 @@ namespace cpuk {
 
 namespace {
 
-constexpr int kRowsPerPass = 256;  // rows of x per pass: packed (hi and lo, 1.2 MB at K = 1152), they stay in L2
+constexpr int kPieces = 3;         // bf16 pieces of x
+constexpr int kRowsPerPass = 256;  // rows of x per pass: packed (3 pieces, 1.8 MB at K = 1152), they stay in L2
 constexpr int kPanel = 32;         // weight rows per panel: two A tiles
 
 struct alignas(64) TileConfig {
@@ -55,45 +59,32 @@ inline __m512 widen(__m256bh h) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)h), 16));
 }
 
-// Rows [m0, m0 + rows) of x into hi and lo, each (blocks of 16 rows, K/32 chunks, 16 pairs, 16
+// Rows [m0, m0 + rows) of x into its pieces, each (blocks of 16 rows, K/32 chunks, 16 pairs, 16
 // rows) as uint32 pairs; rows past M and k past K are zero.
-void pack_x(const float* x, int M, int K, int Kp, int m0, int rows, uint32_t* hi, uint32_t* lo) {
+void pack_x(const float* x, int M, int K, int Kp, int m0, int rows, uint32_t* const* pieces) {
   const int chunks = Kp / 32;
-  std::vector<uint16_t> h(Kp), l(Kp);
+  std::vector<uint16_t> bits(static_cast<size_t>(kPieces) * Kp);
   for (int r = 0; r < rows; ++r) {
-    std::fill(h.begin(), h.end(), 0);
-    std::fill(l.begin(), l.end(), 0);
+    std::fill(bits.begin(), bits.end(), 0);
     if (m0 + r < M) {
       const float* row = x + static_cast<long>(m0 + r) * K;
-      int k = 0;
-      for (; k + 16 <= K; k += 16) {
-        const __m512 v = _mm512_loadu_ps(row + k);
-        const __m256bh vh = _mm512_cvtneps_pbh(v);
-        const __m256bh vl = _mm512_cvtneps_pbh(_mm512_sub_ps(v, widen(vh)));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(&h[k]), (__m256i)vh);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(&l[k]), (__m256i)vl);
-      }
-      if (k < K) {
-        const __mmask16 tail = static_cast<__mmask16>((1u << (K - k)) - 1);
-        const __m512 v = _mm512_maskz_loadu_ps(tail, row + k);
-        const __m256bh vh = _mm512_cvtneps_pbh(v);
-        const __m256bh vl = _mm512_cvtneps_pbh(_mm512_sub_ps(v, widen(vh)));
-        alignas(32) uint16_t th[16], tl[16];
-        _mm256_store_si256(reinterpret_cast<__m256i*>(th), (__m256i)vh);
-        _mm256_store_si256(reinterpret_cast<__m256i*>(tl), (__m256i)vl);
-        std::memcpy(&h[k], th, sizeof(uint16_t) * (K - k));
-        std::memcpy(&l[k], tl, sizeof(uint16_t) * (K - k));
+      for (int k = 0; k < K; k += 16) {
+        const int n = std::min(16, K - k);
+        __m512 v = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), row + k);
+        for (int i = 0; i < kPieces; ++i) {  // each piece the rounding of what the ones before left
+          const __m256bh p = _mm512_cvtneps_pbh(v);
+          v = _mm512_sub_ps(v, widen(p));
+          alignas(32) uint16_t t[16];
+          _mm256_store_si256(reinterpret_cast<__m256i*>(t), (__m256i)p);
+          std::memcpy(&bits[static_cast<size_t>(i) * Kp + k], t, sizeof(uint16_t) * n);
+        }
       }
     }
-    const uint32_t* h32 = reinterpret_cast<const uint32_t*>(h.data());
-    const uint32_t* l32 = reinterpret_cast<const uint32_t*>(l.data());
     const long block = static_cast<long>(r / 16) * chunks * 256;
-    for (int c = 0; c < chunks; ++c) {
-      for (int p = 0; p < 16; ++p) {
-        const long at = block + c * 256 + p * 16 + r % 16;
-        hi[at] = h32[c * 16 + p];
-        lo[at] = l32[c * 16 + p];
-      }
+    for (int i = 0; i < kPieces; ++i) {
+      const uint32_t* p32 = reinterpret_cast<const uint32_t*>(&bits[static_cast<size_t>(i) * Kp]);
+      for (int c = 0; c < chunks; ++c)
+        for (int p = 0; p < 16; ++p) pieces[i][block + c * 256 + p * 16 + r % 16] = p32[c * 16 + p];
     }
   }
 }
@@ -112,17 +103,22 @@ void pack_panel(const uint16_t* w, int N, int K, int Kp, int n0, uint16_t* panel
   }
 }
 
-// One panel of 32 weight rows by the packed rows of one pass, 32 rows of x at a time.
-void panel_times_pass(const uint16_t* panel, int Kp, const uint32_t* hi, const uint32_t* lo, int rows, int n0, int N,
-                      int m0, int M, float* y) {
+// C tiles 0-3 += A tiles 4, 5 (weight blocks) by B tiles 6, 7 (x blocks), each by each.
+inline void four_products() {
+  _tile_dpbf16ps(0, 4, 6);
+  _tile_dpbf16ps(1, 4, 7);
+  _tile_dpbf16ps(2, 5, 6);
+  _tile_dpbf16ps(3, 5, 7);
+}
+
+// One panel of 32 weight rows by the packed rows of one pass, 32 rows of x at a time, each piece
+// of x in turn against the same A tiles.
+void panel_times_pass(const uint16_t* panel, int Kp, uint32_t* const* pieces, int rows, int n0, int N, int m0, int M,
+                      float* y) {
   const int chunks = Kp / 32;
-  const long stride = static_cast<long>(Kp) * 2;
+  const long stride = static_cast<long>(Kp) * 2, block = static_cast<long>(chunks) * 256;
   alignas(64) float out[4][16][16];
   for (int b = 0; b < rows / 16; b += 2) {
-    const uint32_t* h0 = hi + static_cast<long>(b) * chunks * 256;
-    const uint32_t* l0 = lo + static_cast<long>(b) * chunks * 256;
-    const uint32_t* h1 = h0 + chunks * 256;
-    const uint32_t* l1 = l0 + chunks * 256;
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
@@ -130,18 +126,12 @@ void panel_times_pass(const uint16_t* panel, int Kp, const uint32_t* hi, const u
     for (int c = 0; c < chunks; ++c) {
       _tile_loadd(4, panel + c * 32, stride);
       _tile_loadd(5, panel + 16 * static_cast<long>(Kp) + c * 32, stride);
-      _tile_loadd(6, h0 + c * 256, 64);
-      _tile_loadd(7, h1 + c * 256, 64);
-      _tile_dpbf16ps(0, 4, 6);
-      _tile_dpbf16ps(1, 4, 7);
-      _tile_dpbf16ps(2, 5, 6);
-      _tile_dpbf16ps(3, 5, 7);
-      _tile_loadd(6, l0 + c * 256, 64);
-      _tile_loadd(7, l1 + c * 256, 64);
-      _tile_dpbf16ps(0, 4, 6);
-      _tile_dpbf16ps(1, 4, 7);
-      _tile_dpbf16ps(2, 5, 6);
-      _tile_dpbf16ps(3, 5, 7);
+      for (int i = 0; i < kPieces; ++i) {
+        const uint32_t* x0 = pieces[i] + b * block + c * 256;
+        _tile_loadd(6, x0, 64);
+        _tile_loadd(7, x0 + block, 64);
+        four_products();
+      }
     }
     _tile_stored(0, out[0], 64);
     _tile_stored(1, out[1], 64);
@@ -163,18 +153,17 @@ void panel_times_pass(const uint16_t* panel, int Kp, const uint32_t* hi, const u
 void amx_bf16_gemm(const uint16_t* w, int K, const float* x, int M, int N, float* y) {
   const int Kp = (K + 31) / 32 * 32;
   const int panels = (N + kPanel - 1) / kPanel;
-  thread_local std::vector<uint32_t> hi, lo;
+  thread_local std::vector<uint32_t> packed;
   for (int m0 = 0; m0 < M; m0 += kRowsPerPass) {
     const int rows = (std::min(kRowsPerPass, M - m0) + 31) / 32 * 32;
     const size_t words = static_cast<size_t>(rows) * Kp / 2;
-    if (hi.size() < words) {
-      hi.resize(words);
-      lo.resize(words);
-    }
-    uint32_t *h = hi.data(), *l = lo.data();
+    if (packed.size() < kPieces * words) packed.resize(kPieces * words);
+    uint32_t* pieces[kPieces];
+    for (int i = 0; i < kPieces; ++i) pieces[i] = packed.data() + i * words;
     Pool::get().parallel_for(rows / 16, 1, [&](long b, long e) {
-      pack_x(x, M, K, Kp, m0 + 16 * static_cast<int>(b), 16 * static_cast<int>(e - b), h + b * (Kp / 32) * 256,
-             l + b * (Kp / 32) * 256);
+      uint32_t* at[kPieces];
+      for (int i = 0; i < kPieces; ++i) at[i] = pieces[i] + b * (Kp / 32) * 256;
+      pack_x(x, M, K, Kp, m0 + 16 * static_cast<int>(b), 16 * static_cast<int>(e - b), at);
     });
     Pool::get().parallel_for(panels, 1, [&](long p0, long p1) {
       thread_local std::vector<uint16_t> panel;
@@ -182,7 +171,7 @@ void amx_bf16_gemm(const uint16_t* w, int K, const float* x, int M, int N, float
       configure();
       for (long p = p0; p < p1; ++p) {
         pack_panel(w, N, K, Kp, static_cast<int>(p) * kPanel, panel.data());
-        panel_times_pass(panel.data(), Kp, h, l, rows, static_cast<int>(p) * kPanel, N, m0, M, y);
+        panel_times_pass(panel.data(), Kp, pieces, rows, static_cast<int>(p) * kPanel, N, m0, M, y);
       }
       _tile_release();
     });

@@ -8,7 +8,7 @@
 // sized fp32 buffer and multiplied by OpenBLAS's sgemm (with the symbol of the BLAS loaded
 // globally before mlx.core, mlx_minicpmv/blas.py), so no more than one tile of fp32 weights
 // ever exists and the GEMM runs at fp32 BLAS speed. Where the CPU has AMX, bf16 weights go to
-// its tile unit instead (amx.cpp: 3x sgemm's rate at the vision tower's shapes).
+// its tile unit instead (amx.cpp: 1.6-2.7x sgemm's rate at the model's shapes).
 
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "activation.h"
+#include "bind.h"
 #include "delta.h"
 #include "norm.h"
 #include "kernels.h"
@@ -180,18 +181,9 @@ class CpuMatmul : public mx::UnaryPrimitive {
   }
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    std::vector<mx::array> held;
-    for (auto& a : inputs) {
-      encoder.set_input_array(a);
-      held.push_back(mx::array::unsafe_weak_copy(a));
-    }
-    encoder.set_output_array(out);
-    // The task runs later on the stream's thread, maybe after this primitive is gone: it
-    // captures values only.
-    encoder.dispatch([isa = isa_, group = group_, bits = bits_, held = std::move(held),
-                      out = mx::array::unsafe_weak_copy(out)]() mutable {
+    auto [held, outs] = cpuk::bind_arrays(stream(), inputs, out);
+    mx::cpu::get_command_encoder(stream()).dispatch([isa = isa_, group = group_, bits = bits_, held = std::move(held),
+                                                     out = outs[0]]() mutable {
       const int K = held[0].shape(-1), N = out.shape(-1);
       const int M = static_cast<int>(held[0].size() / K);
       if (bits == 32) {

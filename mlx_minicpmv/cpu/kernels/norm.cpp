@@ -9,6 +9,7 @@
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/ops.h"
 #include "mlx/primitives.h"
+#include "bind.h"
 #include "pool.h"
 
 namespace mx = mlx::core;
@@ -33,16 +34,9 @@ class Norm : public mx::UnaryPrimitive {
   }
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    std::vector<mx::array> held;
-    for (auto& a : inputs) {
-      encoder.set_input_array(a);
-      held.push_back(mx::array::unsafe_weak_copy(a));
-    }
-    encoder.set_output_array(out);
-    encoder.dispatch([isa = isa_, eps = eps_, rms = rms_, weight = weight_, bias = bias_, held = std::move(held),
-                      y = mx::array::unsafe_weak_copy(out)]() mutable {
+    auto [held, outs] = bind_arrays(stream(), inputs, out);
+    mx::cpu::get_command_encoder(stream()).dispatch([isa = isa_, eps = eps_, rms = rms_, weight = weight_, bias = bias_,
+                                                     held = std::move(held), y = outs[0]]() mutable {
       const int D = held[0].shape(-1);
       const long rows = D == 0 ? 0 : static_cast<long>(held[0].size() / D);
       const float* w = weight ? held[1].data<float>() : nullptr;

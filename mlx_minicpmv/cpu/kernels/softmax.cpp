@@ -10,6 +10,7 @@
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/ops.h"
 #include "mlx/primitives.h"
+#include "bind.h"
 #include "pool.h"
 
 namespace mx = mlx::core;
@@ -32,11 +33,8 @@ class Softmax : public mx::UnaryPrimitive {
   }
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    encoder.set_input_array(inputs[0]);
-    encoder.set_output_array(out);
-    encoder.dispatch([isa = isa_, x = mx::array::unsafe_weak_copy(inputs[0]), y = mx::array::unsafe_weak_copy(out)]() mutable {
+    auto [in, outs] = bind_arrays(stream(), inputs, out);
+    mx::cpu::get_command_encoder(stream()).dispatch([isa = isa_, x = in[0], y = outs[0]]() mutable {
       const int S = x.shape(-1);
       const long rows = S == 0 ? 0 : static_cast<long>(x.size() / S);
       const float* xp = x.data<float>();

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "bind.h"
 #include "kernels.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/ops.h"
@@ -34,23 +35,8 @@ class StatePrimitive : public mlx::core::Primitive {
   }
 
  protected:
-  // The inputs and the newly allocated outputs, registered with the encoder (which orders the
-  // task after their producers and keeps them alive) and copied weakly for the task to hold: it
-  // may run after this primitive is gone.
-  std::pair<std::vector<mlx::core::array>, std::vector<mlx::core::array>> bind(
-      const std::vector<mlx::core::array>& inputs, std::vector<mlx::core::array>& outputs) {
-    auto& encoder = mlx::core::cpu::get_command_encoder(stream());
-    std::vector<mlx::core::array> held, out;
-    for (auto& a : inputs) {
-      encoder.set_input_array(a);
-      held.push_back(mlx::core::array::unsafe_weak_copy(a));
-    }
-    for (auto& o : outputs) {
-      o.set_data(mlx::core::allocator::malloc(o.nbytes()));
-      encoder.set_output_array(o);
-      out.push_back(mlx::core::array::unsafe_weak_copy(o));
-    }
-    return {std::move(held), std::move(out)};
+  Bound bind(const std::vector<mlx::core::array>& inputs, std::vector<mlx::core::array>& outputs) {
+    return bind_arrays(stream(), inputs, outputs);
   }
 
   const Isa* isa_;
