@@ -40,8 +40,6 @@ void spread_rows(int n0, int n1, F&& f) {
   for (int n = n0 + R * per; n < n1; ++n) f(&n, std::integral_constant<int, 1>{});
 }
 
-
-
 // R spread rows (spread_rows) of quantised weights against x: per group, R sums of
 // q·x (the R rows are the independent FMA chains), each scaled into its row's total.
 template <class V, int BITS, int GROUP, int R>
