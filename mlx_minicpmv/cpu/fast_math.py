@@ -101,17 +101,16 @@ def exp(x: mx.array) -> mx.array:
     return _product(*_exp_parts(x))
 
 
-
-
-def _by_kernel(*arrays) -> bool:
-    """Big enough that the kernels' version (the same math, on every core) pays for its call."""
+def by_kernel(*arrays) -> bool:
+    """Arrays of one shape, big enough that the kernels' version of an op (the same math, on every
+    core) pays for its call, and the kernels built. The CPU norms (``norm_layers.py``) ask too."""
     return arrays[0].size >= KERNEL_SIZE and all(a.shape == arrays[0].shape for a in arrays) and kernels.load() is not None
 
 
 def sigmoid(x: mx.array) -> mx.array:
     if not fast(x):
         return mx.sigmoid(x)
-    if _by_kernel(x):
+    if by_kernel(x):
         return kernels.activation(x, "sigmoid")
     return _sigmoid_out(*_exp_parts(-x))
 
@@ -119,7 +118,7 @@ def sigmoid(x: mx.array) -> mx.array:
 def silu(x: mx.array) -> mx.array:
     if not fast(x):
         return nn.silu(x)
-    if _by_kernel(x):
+    if by_kernel(x):
         return kernels.activation(x, "silu")
     return _times_sigmoid_out(x, *_exp_parts(-x))
 
@@ -128,7 +127,7 @@ def swiglu(gate: mx.array, x: mx.array) -> mx.array:
     """silu(gate)·x, as mlx-lm's ``swiglu``."""
     if not fast(gate):
         return nn.silu(gate) * x
-    if x.dtype == mx.float32 and _by_kernel(gate, x):
+    if x.dtype == mx.float32 and by_kernel(gate, x):
         return kernels.swiglu(gate, x)
     return _swiglu_out(gate, x, *_exp_parts(-gate))
 
@@ -137,7 +136,7 @@ def gelu_tanh(x: mx.array) -> mx.array:
     """GELU with the tanh approximation (``gelu_pytorch_tanh``)."""
     if not fast(x):
         return nn.gelu_approx(x)
-    if _by_kernel(x):
+    if by_kernel(x):
         return kernels.activation(x, "gelu_tanh")
     return _times_sigmoid_out(x, *_exp_parts(_gelu_arg(x)))
 

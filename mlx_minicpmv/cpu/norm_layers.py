@@ -15,8 +15,9 @@ from .registry import replaces
 
 
 def _by_kernel(x: mx.array, *params) -> bool:
-    return (x.dtype == mx.float32 and x.size >= fast_math.KERNEL_SIZE
-            and all(p is None or p.dtype == mx.float32 for p in params) and kernels.load() is not None)
+    """float32 throughout, and ``fast_math.by_kernel`` (the activations' size threshold)."""
+    return (x.dtype == mx.float32 and all(p is None or p.dtype == mx.float32 for p in params)
+            and fast_math.by_kernel(x))
 
 
 def layer_norm(x: mx.array, weight, bias, eps: float) -> mx.array:

@@ -26,7 +26,7 @@ class DeltaStep : public StatePrimitive {
   const char* name() const override { return "CpuGatedDeltaStep"; }
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    auto [held, out] = bind(inputs, outputs);
+    auto [held, out] = bind_arrays(stream(), inputs, outputs);
     auto& encoder = mx::cpu::get_command_encoder(stream());
     encoder.dispatch([isa = isa_, held = std::move(held), out = std::move(out)]() mutable {
       const int Dk = held[0].shape(-1), Dv = held[2].shape(-1);

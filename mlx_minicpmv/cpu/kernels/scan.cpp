@@ -162,7 +162,7 @@ class DeltaScan : public StatePrimitive {
   const char* name() const override { return "CpuGatedDeltaScan"; }
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    auto [held, out] = bind(inputs, outputs);
+    auto [held, out] = bind_arrays(stream(), inputs, outputs);
     auto& encoder = mx::cpu::get_command_encoder(stream());
     encoder.dispatch([scan = scan_for(isa_), held = std::move(held), out = std::move(out)]() mutable {
       const int B = held[0].shape(0), T = held[0].shape(1), Hk = held[0].shape(2), Dk = held[0].shape(3);

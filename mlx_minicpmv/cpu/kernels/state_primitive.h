@@ -1,7 +1,7 @@
 // What the two primitives over DeltaNet states share (delta.cpp's decode step, scan.cpp's prompt):
 // CPU only, outputs shaped as their inputs v (2) and state (5), equal on the same instruction set,
-// the arrays bound to the CPU encoder for a task that runs later on the stream's thread, and the
-// call that makes their outputs from the six float32 inputs (each checks its own shapes first).
+// and the call that makes their outputs from the six float32 inputs (each checks its own shapes
+// first); they bind their arrays for the task with bind.h's bind_arrays, as every primitive here.
 
 #pragma once
 
@@ -9,12 +9,10 @@
 #include <memory>
 #include <stdexcept>
 #include <typeinfo>
-#include <utility>
 #include <vector>
 
 #include "bind.h"
 #include "kernels.h"
-#include "mlx/backend/cpu/encoder.h"
 #include "mlx/ops.h"
 #include "mlx/primitives.h"
 
@@ -35,10 +33,6 @@ class StatePrimitive : public mlx::core::Primitive {
   }
 
  protected:
-  Bound bind(const std::vector<mlx::core::array>& inputs, std::vector<mlx::core::array>& outputs) {
-    return bind_arrays(stream(), inputs, outputs);
-  }
-
   const Isa* isa_;
 };
 
