@@ -155,7 +155,8 @@ def _self_test(module) -> None:
         checks.append((module.softmax(scores, _isa), mx.softmax(scores, axis=-1), "softmax"))
         for name, want in (("gelu_tanh", nn.gelu_approx), ("silu", nn.silu), ("sigmoid", mx.sigmoid)):
             checks.append((module.activation(scores, name, _isa), want(scores), name))
-        scale, shift = scores[0] + 2, scores[1]
+        # from their own draw: with one row, scores[1] would read past the array (MLX does not check)
+        scale, shift = mx.random.normal((2, 37), key=mx.random.key(38)) + mx.array([[2.0], [0.0]])
         checks.append((module.norm(scores, scale, shift, 1e-6, False, _isa), mx.fast.layer_norm(scores, scale, shift, 1e-6), "LayerNorm"))
         checks.append((module.norm(scores, scale, None, 1e-6, True, _isa), mx.fast.rms_norm(scores, scale, 1e-6), "RMSNorm"))
         checks.append((module.swiglu(scores, scores[::-1], _isa), nn.silu(scores) * scores[::-1], "SwiGLU"))
