@@ -100,6 +100,11 @@ class CpuGatedDeltaNet(GatedDeltaNet):
             inputs = sum_gradients(self.sharding_group)(inputs)
         conv_state, state, lengths = (cache[0], cache[1], cache.lengths) if cache is not None else (None, None, None)
         out, conv_state, state = self.mix(inputs, conv_state, state, mask, lengths)
+        if cache is not None and inputs.shape[1] > 1 and not self.training:
+            # The conv state is three rows of the chunk's conv input; left lazy until the chunk's
+            # end it holds all of that input alive, in every layer at once (a 512-token chunk:
+            # 18 x 12.6 MB, the prefill's peak 1.18 -> 0.95 GB at 8 bits).
+            mx.async_eval(conv_state)
         if cache is not None:
             cache[0], cache[1] = conv_state, state
             cache.advance(inputs.shape[1])
