@@ -135,3 +135,57 @@ def test_a_repo_id_still_goes_to_the_hub(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="openbmb/nope: no such local directory, and no such repo on the Hug"):
         load("openbmb/nope")
     assert asked == ["openbmb/nope"]
+
+
+def held(before):
+    import gc
+
+    gc.collect()
+    return mx.get_active_memory() - before
+
+
+@pytest.mark.parametrize("thread", ["same thread", "another thread"])
+def test_the_vision_weights_are_read_on_the_first_image(tiny, thread):
+    """On the CPU a text-only session never holds the vision tower: ``load`` reads the rest, the
+    first image the tower and merger (measured as memory, what a user's machine sees), in the
+    loading thread or another (the server's scheduler), with the features of an eager load. The
+    portable path, the one a Mac runs, reads everything at load as before."""
+    import threading
+
+    import numpy as np
+    from mlx.utils import tree_flatten
+
+    from mlx_minicpmv.loading import ON_FIRST_IMAGE
+    from tests.media import noise_image
+
+    before = held(0)
+    model, processor = load(tiny.mlx_path)
+    params = tree_flatten(model.parameters())
+    vision = sum(v.nbytes for k, v in params if k.startswith(ON_FIRST_IMAGE))
+    rest = sum(v.nbytes for k, v in params) - vision
+    assert vision > 0 and held(before) < rest + vision / 2
+
+    inputs = processor([{"role": "user", "content": [{"type": "image", "image": noise_image(64, 48)},
+                                                      {"type": "text", "text": "What is it?"}]}])
+    out = {}
+
+    def encode():
+        out["features"] = model.encode_slices(inputs.pixel_values, inputs.target_sizes)
+        mx.eval(out["features"])
+
+    if thread == "same thread":
+        encode()
+    else:
+        worker = threading.Thread(target=encode)
+        worker.start()
+        worker.join()
+    assert held(before) >= rest + vision
+
+    eager, _ = load(tiny.mlx_path, lazy=True)
+    mx.eval(eager.parameters())
+    np.testing.assert_array_equal(np.array(eager.encode_slices(inputs.pixel_values, inputs.target_sizes)),
+                                  np.array(out["features"]))
+
+    before = held(0)
+    portable, _ = load(tiny.mlx_path, cpu_kernels=False)
+    assert held(before) >= sum(v.nbytes for _, v in tree_flatten(portable.parameters()))

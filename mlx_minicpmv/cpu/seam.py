@@ -31,6 +31,19 @@ def compute_dtype():
     return mx.float32
 
 
+_any_thread_stream = None
+
+
+def any_thread_stream():
+    """The stream a load that defers the vision weights reads on (``loading.load_model``):
+    MLX's streams belong to the thread that made them, and the first image may come in another
+    (the server's scheduler). ``Model.read_vision`` computes what is on it, once, under a lock."""
+    global _any_thread_stream
+    if _any_thread_stream is None:
+        _any_thread_stream = mx.new_thread_unsafe_stream(mx.cpu)
+    return _any_thread_stream
+
+
 def keeps_stored(layer) -> bool:
     """Whether a CPU kernel reads ``layer``'s weights as stored (quantised, bf16 or fp16), so
     that ``load`` leaves them so when it widens the rest to float32 (``cpu/kernel_layers.py``)."""

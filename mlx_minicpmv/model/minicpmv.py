@@ -7,6 +7,7 @@ positions: ``begin_prompt`` places a prompt's positions (``canvas.py``) in the c
 attention's rotary embedding reads them there (``canvas_rope.py``).
 """
 
+import threading
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -26,6 +27,10 @@ from .vision import VisionTower, check_grid
 # fills a GPU, while a long video's activations (B·L·4304 floats in the MLP) stay a few
 # hundred MB whatever the frame count.
 MAX_PATCHES_PER_PASS = 16384
+
+# Held while what a deferred load put on its any-thread stream is computed (loading.py): two
+# threads' first images read the vision weights once, and never beside another load.
+READ_LOCK = threading.Lock()
 
 # Norm weights the reference stores zero-centred (it computes ``x * (1 + w)``): ``sanitize``
 # adds the 1 once, so the model multiplies by the weight as mlx-lm's RMSNorm does.
@@ -49,6 +54,18 @@ class Model(nn.Module):
         self.language_model = LanguageModel(tc)
 
     # -- vision -------------------------------------------------------------------------------
+    def defer_vision(self) -> None:
+        """Leave the vision weights unread until the first image or video needs them
+        (``loading.ON_FIRST_IMAGE``)."""
+        object.__setattr__(self, "_vision_deferred", True)
+
+    def read_vision(self) -> None:
+        """Read the vision weights ``defer_vision`` left, once, whichever thread asks first."""
+        with READ_LOCK:
+            if getattr(self, "_vision_deferred", False):
+                mx.eval(self.vision_tower.parameters(), self.merger.parameters())
+                object.__setattr__(self, "_vision_deferred", False)
+
     def encode_slices(
         self, pixel_values: mx.array, target_sizes, downsample_mode: Optional[str] = None
     ) -> mx.array:
@@ -62,6 +79,7 @@ class Model(nn.Module):
         sizes = [tuple(int(v) for v in s) for s in np.asarray(target_sizes).reshape(-1, 2)]
         for h, w in sizes:
             check_grid(h, w, multiple)
+        self.read_vision()
         patches = self.vision_tower.embeddings.patchify(pixel_values)
         if patches.shape[0] != sum(h * w for h, w in sizes):
             raise ValueError(
