@@ -89,6 +89,24 @@ def test_the_two_paths_are_the_ones_named(tiny):
     assert cpu_model.patches_per_pass == 1 < portable.patches_per_pass
 
 
+@pytest.mark.skipif(mx.default_device() != mx.cpu, reason="the CPU path exists where MLX runs on the CPU")
+def test_a_decoded_token_takes_the_compiled_steps(tiny):
+    """On the CPU path a decoded token runs every layer as compiled steps (the DeltaNet layers'
+    whole step, the attention layers' parts before and after the cache), with the logits of the
+    layers run as they are."""
+    from mlx_minicpmv import load
+
+    model, _ = load(tiny.mlx_path)
+    ids = mx.array([[3, 1, 4, 1, 5, 9, 2, 6]])
+    cache = model.make_cache()
+    model(ids[:, :6], cache=cache)
+    stepped = [model(ids[:, i : i + 1], cache=cache) for i in (6, 7)]
+    for layer in model.language_model.layers:
+        assert getattr(layer, "_step" if layer.is_linear else "_front", None) is not None
+    full = model(ids)
+    np.testing.assert_allclose(np.array(mx.concatenate(stepped, axis=1)), np.array(full[:, 6:]), atol=LOGIT_TOL, rtol=0)
+
+
 CASES = {
     "text": lambda m: user(text("Describe the quick brown fox, then compare the two.")),
     "unsliced image": lambda m: user({"type": "image", "image": str(m["small"])}, text("Describe this image.")),

@@ -12,9 +12,10 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.nn.layers.distributed import sum_gradients
 from mlx_lm.models.base import scaled_dot_product_attention
+from mlx_lm.models.cache import KVCache
 from mlx_lm.models.gated_delta import normalize_qk
 
-from ..model.language import MLP, DecoderLayer, GatedAttention, GatedDeltaNet
+from ..model.language import MLP, DecoderLayer, GatedAttention, GatedDeltaNet, RoPE
 from . import fast_math, norm_layers
 from .gated_delta import gated_delta
 from .registry import replaces
@@ -27,8 +28,9 @@ def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.
     B, Hq, L, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     scores = ((q * scale).reshape(B, Hkv, Hq // Hkv * L, D) @ k.swapaxes(-1, -2)).reshape(B, Hkv, Hq // Hkv, L, S)
-    visible = mx.arange(S)[None] <= mx.arange(S - L, S)[:, None]
-    probs = fast_math.softmax(mx.where(visible, scores, -mx.inf), axis=-1)
+    if L > 1:  # one query, the last position, sees every key
+        scores = mx.where(mx.arange(S)[None] <= mx.arange(S - L, S)[:, None], scores, -mx.inf)
+    probs = fast_math.softmax(scores, axis=-1)
     return (probs.reshape(B, Hkv, Hq // Hkv * L, S) @ v).reshape(B, Hq, L, v.shape[-1])
 
 
@@ -36,9 +38,21 @@ def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.
 class CpuGatedAttention(GatedAttention):
     """mlx-lm's forward with the gate's sigmoid and a prefill's causal softmax from
     ``fast_math``. For 512 tokens: MLX's sigmoid 25 ms against 4, its CPU SDPA 50 ms against 41
-    for ``causal_attention``; the 6 layers 750 -> 510 ms."""
+    for ``causal_attention``; the 6 layers 750 -> 510 ms. Written as ``project`` and ``finish``
+    around the cache so that a decoded token can compile them (``CpuDecoderLayer``)."""
 
     def __call__(self, x: mx.array, mask=None, cache=None) -> mx.array:
+        queries, keys, values, gate = self.project(x, offset=cache.offset if cache is not None else 0)
+        if cache is not None:
+            keys, values = cache.update_and_fetch(keys, values)
+        if isinstance(mask, str) and mask == "causal" and x.shape[1] > 1 and fast_math.fast(queries):
+            output = causal_attention(queries, keys, values, self.scale)
+        else:
+            output = scaled_dot_product_attention(queries, keys, values, cache=cache, scale=self.scale, mask=mask)
+        return self.finish(output, gate)
+
+    def project(self, x: mx.array, offset=0):
+        """(queries, keys, values) as (B, heads, L, D), turned to ``offset``, and the gate."""
         B, L, _ = x.shape
         queries, gate = mx.split(self.q_proj(x).reshape(B, L, self.num_attention_heads, -1), 2, axis=-1)
         gate = gate.reshape(B, L, -1)
@@ -46,17 +60,11 @@ class CpuGatedAttention(GatedAttention):
         queries = self.q_norm(queries).transpose(0, 2, 1, 3)
         keys = self.k_norm(keys.reshape(B, L, self.num_key_value_heads, -1)).transpose(0, 2, 1, 3)
         values = values.reshape(B, L, self.num_key_value_heads, -1).transpose(0, 2, 1, 3)
-        if cache is not None:
-            queries, keys = self.rope(queries, offset=cache.offset), self.rope(keys, offset=cache.offset)
-            keys, values = cache.update_and_fetch(keys, values)
-        else:
-            queries, keys = self.rope(queries), self.rope(keys)
-        if isinstance(mask, str) and mask == "causal" and L > 1 and fast_math.fast(queries):
-            output = causal_attention(queries, keys, values, self.scale)
-        else:
-            output = scaled_dot_product_attention(queries, keys, values, cache=cache, scale=self.scale, mask=mask)
-        output = output.transpose(0, 2, 1, 3).reshape(B, L, -1)
-        return self.o_proj(output * fast_math.sigmoid(gate))
+        return self.rope(queries, offset=offset), self.rope(keys, offset=offset), values, gate
+
+    def finish(self, output: mx.array, gate: mx.array) -> mx.array:
+        B, _, L, _ = output.shape
+        return self.o_proj(output.transpose(0, 2, 1, 3).reshape(B, L, -1) * fast_math.sigmoid(gate))
 
 
 @replaces(MLP)
@@ -152,17 +160,25 @@ class CpuGatedDeltaNet(GatedDeltaNet):
 
 @replaces(DecoderLayer)
 class CpuDecoderLayer(DecoderLayer):
-    """mlx-lm's decoder layer; one decoded token of a DeltaNet layer runs as a compiled step.
+    """mlx-lm's decoder layer; one decoded token runs as compiled steps.
 
-    Its state has fixed shapes, so one trace serves every token, and the layer's ~50 small ops
-    become a few kernels (the per-op dispatch was a quarter of a CPU decode step, ~5% of it
-    saved). Attention layers stay uncompiled: their KV cache grows every token."""
+    A DeltaNet layer's state has fixed shapes, so one trace serves every token, and the layer's
+    ~50 small ops become a few kernels (the per-op dispatch was a quarter of a CPU decode step,
+    ~5% of it saved). An attention layer's KV cache grows every token: what comes before the
+    cache (norm, projections, q/k norms, RoPE at the offset given as an array) and after it (gate,
+    o_proj, MLP) compile; the attention over the cache is ``causal_attention``'s three ops, where
+    MLX's CPU SDPA took 0.3 ms for one token."""
 
     def __call__(self, x: mx.array, mask=None, cache=None) -> mx.array:
         if self.compiles(x, mask, cache):
             out, cache[0], cache[1] = self.decode_step(x, cache[0], cache[1])
             cache.advance(1)
             return out
+        if self.compiles_attention(x, mask, cache):
+            queries, keys, values, gate = self.attention_front(x, mx.array(cache.offset))
+            keys, values = cache.update_and_fetch(keys, values)
+            output = causal_attention(queries, keys, values, self.self_attn.scale)
+            return self.attention_back(x, output, gate)
         return super().__call__(x, mask, cache)
 
     def compiles(self, x, mask, cache) -> bool:
@@ -170,13 +186,38 @@ class CpuDecoderLayer(DecoderLayer):
                 and isinstance(self.linear_attn, CpuGatedDeltaNet) and self.linear_attn.sharding_group is None
                 and not self.training)
 
+    def compiles_attention(self, x, mask, cache) -> bool:
+        """One token of one sequence through mlx-lm's plain KV cache (4.7's canvas positions and
+        the server's batches take the layer as it is)."""
+        return (not self.is_linear and x.shape[:2] == (1, 1) and mask is None and type(cache) is KVCache
+                and isinstance(self.self_attn, CpuGatedAttention) and type(self.self_attn.rope) is RoPE
+                and fast_math.fast(x) and not self.training)
+
     def step(self, x, conv_state, state):
         h, conv_state, state = self.linear_attn.mix(self.input_layernorm(x), conv_state, state)
         h = x + h
         return h + self.mlp(self.post_attention_layernorm(h)), conv_state, state
 
+    def front(self, x, offset):
+        return self.self_attn.project(self.input_layernorm(x), offset)
+
+    def back(self, x, output, gate):
+        h = x + self.self_attn.finish(output, gate)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+    def compiled(self, name: str):
+        if getattr(self, f"_{name}", None) is None:
+            object.__setattr__(self, f"_{name}", mx.compile(getattr(self, name)))
+        return getattr(self, f"_{name}")
+
     @property
     def decode_step(self):
-        if getattr(self, "_decode_step", None) is None:
-            object.__setattr__(self, "_decode_step", mx.compile(self.step))
-        return self._decode_step
+        return self.compiled("step")
+
+    @property
+    def attention_front(self):
+        return self.compiled("front")
+
+    @property
+    def attention_back(self):
+        return self.compiled("back")
