@@ -15,6 +15,12 @@
 // (packed once per call into AMX's pair layout: row p of a tile holds x[m][2p], x[m][2p+1] for
 // 16 rows m), so C tiles hold y transposed, 16 outputs by 16 rows, and are written back so.
 //
+// Quantised weights (MLX's affine format, 4 or 8 bits) go through the same tiles: their integer
+// codes are exact in bf16, so the tiles hold the codes, each group's products are summed apart
+// (C tiles zeroed per group), and y gathers Σ_g scale·(q·x) + bias·Σx per group in fp32, the
+// GEMV's own formula (kernels_impl.h). Every product is again exact; dequantised weights split
+// into bf16 halves were not (16 of their 24 bits: the tiny models' logits 2e-4 from MLX's).
+//
 // Why by hand: no BLAS here has a bf16 GEMM (kernels_impl.h); oneDNN's dnnl_gemm_bf16bf16f32
 // and MKL's cblas_gemm_bf16bf16f32 would, but PyPI's oneDNN (2026.1) is a SYCL build that
 // needs the DPC++ runtime and TBB (~400 MB of wheels, for one function) and MKL's wheel is
@@ -111,49 +117,109 @@ inline void four_products() {
   _tile_dpbf16ps(3, 5, 7);
 }
 
+// A quantised panel's groups: its rows' scales and biases ([kPanel][G], zero past N) and the
+// pass's sums of x by group ([G][rows]). size 0: one group of all of K, no scales (bf16).
+struct Groups {
+  int size = 0;
+  const float* scales = nullptr;
+  const float* biases = nullptr;
+  const float* xsum = nullptr;
+};
+
 // One panel of 32 weight rows by the packed rows of one pass, 32 rows of x at a time, each piece
-// of x in turn against the same A tiles.
+// of x in turn against the same A tiles; with groups, each group's sums scaled into acc.
 void panel_times_pass(const uint16_t* panel, int Kp, uint32_t* const* pieces, int rows, int n0, int N, int m0, int M,
-                      float* y) {
+                      float* y, const Groups& groups) {
   const int chunks = Kp / 32;
+  const int per_group = groups.size ? groups.size / 32 : chunks, G = chunks / per_group;
   const long stride = static_cast<long>(Kp) * 2, block = static_cast<long>(chunks) * 256;
   alignas(64) float out[4][16][16];
+  alignas(64) float acc[4][16][16];
   for (int b = 0; b < rows / 16; b += 2) {
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
-    for (int c = 0; c < chunks; ++c) {
-      _tile_loadd(4, panel + c * 32, stride);
-      _tile_loadd(5, panel + 16 * static_cast<long>(Kp) + c * 32, stride);
-      for (int i = 0; i < kPieces; ++i) {
-        const uint32_t* x0 = pieces[i] + b * block + c * 256;
-        _tile_loadd(6, x0, 64);
-        _tile_loadd(7, x0 + block, 64);
-        four_products();
+    if (groups.size) std::memset(acc, 0, sizeof(acc));
+    for (int g = 0; g < G; ++g) {
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int c = g * per_group; c < (g + 1) * per_group; ++c) {
+        _tile_loadd(4, panel + c * 32, stride);
+        _tile_loadd(5, panel + 16 * static_cast<long>(Kp) + c * 32, stride);
+        for (int i = 0; i < kPieces; ++i) {
+          const uint32_t* x0 = pieces[i] + b * block + c * 256;
+          _tile_loadd(6, x0, 64);
+          _tile_loadd(7, x0 + block, 64);
+          four_products();
+        }
+      }
+      _tile_stored(0, out[0], 64);
+      _tile_stored(1, out[1], 64);
+      _tile_stored(2, out[2], 64);
+      _tile_stored(3, out[3], 64);
+      if (!groups.size) break;
+      for (int t = 0; t < 4; ++t) {  // acc[t][i] += scale·out[t][i] + bias·(x's sums over the group)
+        const __m512 xs = _mm512_loadu_ps(groups.xsum + static_cast<long>(g) * rows + 16 * (b + t % 2));
+        for (int i = 0; i < 16; ++i) {
+          const long at = static_cast<long>(16 * (t / 2) + i) * G + g;
+          __m512 a = _mm512_fmadd_ps(_mm512_set1_ps(groups.scales[at]), _mm512_load_ps(out[t][i]), _mm512_load_ps(acc[t][i]));
+          _mm512_store_ps(acc[t][i], _mm512_fmadd_ps(_mm512_set1_ps(groups.biases[at]), xs, a));
+        }
       }
     }
-    _tile_stored(0, out[0], 64);
-    _tile_stored(1, out[1], 64);
-    _tile_stored(2, out[2], 64);
-    _tile_stored(3, out[3], 64);
-    for (int t = 0; t < 4; ++t) {  // tile t: weight block t / 2, x block b + t % 2; out[t][i][j] = y[m j][n i]
+    const float(*result)[16][16] = groups.size ? acc : out;
+    for (int t = 0; t < 4; ++t) {  // tile t: weight block t / 2, x block b + t % 2; result[t][i][j] = y[m j][n i]
       const int nb = n0 + 16 * (t / 2), mb = m0 + 16 * (b + t % 2);
       const int ni = std::min(16, N - nb), mj = std::min(16, M - mb);
       for (int j = 0; j < mj; ++j) {
         float* yr = y + static_cast<long>(mb + j) * N + nb;
-        for (int i = 0; i < ni; ++i) yr[i] = out[t][i][j];
+        for (int i = 0; i < ni; ++i) yr[i] = result[t][i][j];
       }
     }
   }
 }
 
-}  // namespace
+// Quantised rows [n0, n0 + kPanel) into panel as bf16 codes (natural k order, zero past N), and
+// their scales and biases as float ([kPanel][G], zero past N).
+void pack_quantized_panel(const Quantized& q, int N, int n0, uint16_t* panel, float* scales, float* biases) {
+  const int K = q.K, G = K / q.group;
+  const long row_bytes = static_cast<long>(K) * q.bits / 8;
+  const __m512i low = _mm512_set1_epi32(0xF), high_half = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  for (int r = 0; r < kPanel; ++r) {
+    const int n = n0 + r;
+    uint16_t* out = panel + static_cast<long>(r) * K;
+    if (n >= N) {
+      std::fill(out, out + K, 0);
+      std::fill(scales + static_cast<long>(r) * G, scales + static_cast<long>(r + 1) * G, 0.0f);
+      std::fill(biases + static_cast<long>(r) * G, biases + static_cast<long>(r + 1) * G, 0.0f);
+      continue;
+    }
+    const uint8_t* bytes = reinterpret_cast<const uint8_t*>(q.w) + n * row_bytes;
+    for (int i = 0; i < row_bytes; i += 16) {  // 16 bytes: 16 codes at 8 bits, 32 at 4 (K is a multiple of 32)
+      const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + i)));
+      if (q.bits == 8) {  // a code's float has its 8 bits in the top half: that half is its bf16
+        const __m512i f = _mm512_srli_epi32(_mm512_castps_si512(_mm512_cvtepi32_ps(b)), 16);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm512_cvtepi32_epi16(f));
+      } else {  // word j = (bf16 of the low nibble, k = 2j) | (bf16 of the high one, k = 2j + 1) << 16
+        const __m512i lo = _mm512_castps_si512(_mm512_cvtepi32_ps(_mm512_and_si512(b, low)));
+        const __m512i hi = _mm512_castps_si512(_mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4)));
+        _mm512_storeu_si512(out + 2 * i, _mm512_or_si512(_mm512_srli_epi32(lo, 16), _mm512_and_si512(hi, high_half)));
+      }
+    }
+    for (int g = 0; g < G; ++g) {
+      scales[static_cast<long>(r) * G + g] = load_float(q.scales, q.dtype, static_cast<long>(n) * G + g);
+      biases[static_cast<long>(r) * G + g] = load_float(q.biases, q.dtype, static_cast<long>(n) * G + g);
+    }
+  }
+}
 
-void amx_bf16_gemm(const uint16_t* w, int K, const float* x, int M, int N, float* y) {
+// y (M, N) = x (M, K) @ W.T by passes of kRowsPerPass rows of x: each pass's x packed into its
+// pieces once, then the panels of W over the pool, each panel packed by pack(p, panel, groups).
+template <class Pack>
+void gemm(int K, const float* x, int M, int N, float* y, int group, Pack pack) {
   const int Kp = (K + 31) / 32 * 32;
-  const int panels = (N + kPanel - 1) / kPanel;
+  const int panels = (N + kPanel - 1) / kPanel, G = group ? K / group : 0;
   thread_local std::vector<uint32_t> packed;
+  thread_local std::vector<float> sums;
   for (int m0 = 0; m0 < M; m0 += kRowsPerPass) {
     const int rows = (std::min(kRowsPerPass, M - m0) + 31) / 32 * 32;
     const size_t words = static_cast<size_t>(rows) * Kp / 2;
@@ -165,17 +231,40 @@ void amx_bf16_gemm(const uint16_t* w, int K, const float* x, int M, int N, float
       for (int i = 0; i < kPieces; ++i) at[i] = pieces[i] + b * (Kp / 32) * 256;
       pack_x(x, M, K, Kp, m0 + 16 * static_cast<int>(b), 16 * static_cast<int>(e - b), at);
     });
+    if (G) {  // x's sums by group, [G][rows], zero past M
+      sums.assign(static_cast<size_t>(G) * rows, 0.0f);
+      for (int r = 0; r < rows && m0 + r < M; ++r) {
+        const float* row = x + static_cast<long>(m0 + r) * K;
+        for (int k = 0; k < K; ++k) sums[static_cast<size_t>(k / group) * rows + r] += row[k];
+      }
+    }
+    const float* xsum = sums.data();  // this thread's: the lambda runs on the pool's too
     Pool::get().parallel_for(panels, 1, [&](long p0, long p1) {
       thread_local std::vector<uint16_t> panel;
+      thread_local std::vector<float> scales;
       if (panel.size() < static_cast<size_t>(kPanel) * Kp) panel.resize(static_cast<size_t>(kPanel) * Kp);
+      if (scales.size() < static_cast<size_t>(2 * kPanel) * G) scales.resize(static_cast<size_t>(2 * kPanel) * G);
+      Groups groups{group, scales.data(), scales.data() + kPanel * G, xsum};
       configure();
       for (long p = p0; p < p1; ++p) {
-        pack_panel(w, N, K, Kp, static_cast<int>(p) * kPanel, panel.data());
-        panel_times_pass(panel.data(), Kp, pieces, rows, static_cast<int>(p) * kPanel, N, m0, M, y);
+        pack(static_cast<int>(p) * kPanel, Kp, panel.data(), groups);
+        panel_times_pass(panel.data(), Kp, pieces, rows, static_cast<int>(p) * kPanel, N, m0, M, y, groups);
       }
       _tile_release();
     });
   }
+}
+
+}  // namespace
+
+void amx_bf16_gemm(const uint16_t* w, int K, const float* x, int M, int N, float* y) {
+  gemm(K, x, M, N, y, 0, [&](int n0, int Kp, uint16_t* panel, const Groups&) { pack_panel(w, N, K, Kp, n0, panel); });
+}
+
+void amx_quantized_gemm(const Quantized& q, const float* x, int M, int N, float* y) {
+  gemm(q.K, x, M, N, y, q.group, [&](int n0, int, uint16_t* panel, const Groups& groups) {
+    pack_quantized_panel(q, N, n0, panel, const_cast<float*>(groups.scales), const_cast<float*>(groups.biases));
+  });
 }
 
 }  // namespace cpuk

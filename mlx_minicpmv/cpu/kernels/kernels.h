@@ -60,6 +60,9 @@ struct Isa {
   // y (M, N) = x (M, K) @ w.T for bf16 weights w (N, K), many rows at once; nullptr where the
   // set has none (the GEMM then widens tiles of w for sgemm).
   void (*bf16_gemm)(const uint16_t* w, int K, const float* x, int M, int N, float* y) = nullptr;
+  // y (M, N) = x (M, K; not in the nibble order) @ dequantised W.T, many rows at once; nullptr where
+  // the set has none (the GEMM then dequantises tiles of W for sgemm).
+  void (*quantized_gemm)(const Quantized& q, const float* x, int M, int N, float* y) = nullptr;
 };
 
 constexpr int kMaxRows = 8;  // the most rows of x fgemv takes at once
@@ -69,6 +72,7 @@ const Isa& avx2_isa();
 const Isa& avx512_isa();
 const Isa& amx_isa();  // AVX-512 with the AMX bf16 GEMM (amx.cpp), where the compiler has AMX
 void amx_bf16_gemm(const uint16_t* w, int K, const float* x, int M, int N, float* y);
+void amx_quantized_gemm(const Quantized& q, const float* x, int M, int N, float* y);
 
 // The instruction sets this CPU (and its OS) can run, best first; "scalar" always.
 const Isa* best_isa();

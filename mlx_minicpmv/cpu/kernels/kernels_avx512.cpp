@@ -65,6 +65,7 @@ const Isa& amx_isa() {
   static const Isa isa = [] {
     Isa amx = avx512::make_isa<avx512::V>("amx");
     amx.bf16_gemm = amx_bf16_gemm;
+    amx.quantized_gemm = amx_quantized_gemm;
     return amx;
   }();
   return isa;

@@ -111,6 +111,7 @@ void run_quantized(const Isa& isa, int group, int bits, const std::vector<mx::ar
                    int N, float* y) {
   const cpuk::Quantized q{in[1].data<uint32_t>(), in[2].data<void>(), in[3].data<void>(), float_of(in[2].dtype()),
                           K, group, bits};
+  if (M >= kGemvRows && isa.quantized_gemm != nullptr) return isa.quantized_gemm(q, x, M, N, y);
   thread_local std::vector<float> permuted;
   if (bits == 4) {  // the nibble order, once for all rows
     float* xp = scratch(permuted, static_cast<size_t>(M) * K);
