@@ -45,7 +45,7 @@ def close(got, want, rtol=1e-5):
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("group_size", [32, 64, 128])
 @pytest.mark.parametrize("stored", [mx.bfloat16, mx.float16, mx.float32])
-@pytest.mark.parametrize("rows", [(1,), (3,), (2, 2), (17,)])  # GEMVs below 4 rows, the tiled GEMM from 4
+@pytest.mark.parametrize("rows", [(1,), (3,), (2, 2), (17,), (260,)])  # GEMVs below 4 rows, the GEMM from 4 (AMX: 256 a pass)
 def test_quantized_matmul_equals_mlx(ext, isa, bits, group_size, stored, rows):
     w = mx.random.normal((75, 256), key=mx.random.key(bits + group_size)).astype(stored)  # 75: rows left after the spread blocks
     q, s, b = mx.quantize(w, group_size=group_size, bits=bits)
