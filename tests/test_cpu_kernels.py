@@ -55,6 +55,19 @@ def test_quantized_matmul_equals_mlx(ext, isa, bits, group_size, stored, rows):
 
 
 @pytest.mark.parametrize("isa", isas())
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("stored", [mx.bfloat16, mx.float16, mx.float32])
+def test_a_long_row_of_groups_equals_mlx(ext, isa, bits, stored):
+    """130 groups in a row: the GEMV widens the scales and biases 128 groups at a time, then the
+    last two, with a bias dot product shorter than a vector."""
+    w = mx.random.normal((9, 4160), key=mx.random.key(bits)).astype(stored)
+    q, s, b = mx.quantize(w, group_size=32, bits=bits)
+    x = mx.random.normal((1, 4160), key=mx.random.key(8))
+    want = mx.quantized_matmul(x, q, s, b, transpose=True, group_size=32, bits=bits)
+    close(cpu_kernels.quantized_matmul(x, q, s, b, 32, bits, isa=isa), want)
+
+
+@pytest.mark.parametrize("isa", isas())
 @pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16])
 @pytest.mark.parametrize("rows", [1, 3, 9])
 def test_half_matmul_equals_widened_matmul(ext, isa, dtype, rows):

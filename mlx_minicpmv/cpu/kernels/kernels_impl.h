@@ -40,8 +40,25 @@ void spread_rows(int n0, int n1, F&& f) {
   for (int n = n0 + R * per; n < n1; ++n) f(&n, std::integral_constant<int, 1>{});
 }
 
+// n of row `first`'s scales or biases as floats from index first, L at a time where the dtype
+// allows (a scalar conversion per group was a third of a 4-bit GEMV's work: a group of 64 is
+// two vector steps there).
+template <class V>
+void widen_groups(const void* p, Float dtype, long first, int n, float* out) {
+  int g = 0;
+  if (dtype == Float::bf16) {
+    for (; g + V::L <= n; g += V::L) V::store(out + g, V::bf16(static_cast<const uint16_t*>(p) + first + g));
+  } else if (dtype == Float::f16) {
+    for (; g + V::L <= n; g += V::L) V::store(out + g, V::f16(static_cast<const uint16_t*>(p) + first + g));
+  }
+  for (; g < n; ++g) out[g] = load_float(p, dtype, first + g);
+}
+
+constexpr int kGroupBlock = 128;  // groups whose scales and biases are widened at once
+
 // R spread rows (spread_rows) of quantised weights against x: per group, R sums of
-// q·x (the R rows are the independent FMA chains), each scaled into its row's total.
+// q·x (the R rows are the independent FMA chains), each scaled into its row's total; the
+// biases' share, Σ_g bias·xsum[g], as one dot product a block of groups.
 template <class V, int BITS, int GROUP, int R>
 void qgemv_rows(const Quantized& q, const float* xp, const float* xsum, const int* rows, float* y) {
   using T = typename V::T;
@@ -49,46 +66,53 @@ void qgemv_rows(const Quantized& q, const float* xp, const float* xsum, const in
   const int G = q.K / GROUP;
   const long row_bytes = static_cast<long>(q.K) * BITS / 8;
   const uint8_t* base[R];
-  T total[R];
-  float bias_term[R];
+  T total[R], bias_total[R];
+  float scales[R][kGroupBlock], biases[R][kGroupBlock];
   for (int r = 0; r < R; ++r) {
     base[r] = reinterpret_cast<const uint8_t*>(q.w) + rows[r] * row_bytes;
     total[r] = V::zero();
-    bias_term[r] = 0.0f;
+    bias_total[r] = V::zero();
   }
-  for (int g = 0; g < G; ++g) {
-    const float* x = xp + g * GROUP;
-    const long at = static_cast<long>(g) * (GROUP * BITS / 8);
-    T acc[R];
-    for (int r = 0; r < R; ++r) acc[r] = V::zero();
-    if constexpr (BITS == 8) {
-      for (int k = 0; k < GROUP; k += L) {
-        const T xk = V::load(x + k);
-        for (int r = 0; r < R; ++r) {
-          const uint8_t* b = base[r] + at + k;
-          if ((at + k) % 64 == 0) prefetch_bytes<V>(b);
-          acc[r] = V::fma(V::u8(b), xk, acc[r]);
-        }
-      }
-    } else {  // L bytes hold 2L values: the low nibbles the even ones, the high nibbles the odd ones
-      for (int i = 0; i < GROUP / 2; i += L) {
-        const T x0 = V::load(x + 2 * i), x1 = V::load(x + 2 * i + L);
-        for (int r = 0; r < R; ++r) {
-          const uint8_t* b = base[r] + at + i;
-          if ((at + i) % 64 == 0) prefetch_bytes<V>(b);
-          T lo, hi;
-          V::nibbles(b, lo, hi);
-          acc[r] = V::fma(hi, x1, V::fma(lo, x0, acc[r]));
-        }
-      }
-    }
+  float bias_tail[R] = {};
+  for (int g0 = 0; g0 < G; g0 += kGroupBlock) {
+    const int n = std::min(kGroupBlock, G - g0);
     for (int r = 0; r < R; ++r) {
-      const long sg = static_cast<long>(rows[r]) * G + g;
-      total[r] = V::fma(V::bcast(load_float(q.scales, q.dtype, sg)), acc[r], total[r]);
-      bias_term[r] += load_float(q.biases, q.dtype, sg) * xsum[g];
+      widen_groups<V>(q.scales, q.dtype, static_cast<long>(rows[r]) * G + g0, n, scales[r]);
+      widen_groups<V>(q.biases, q.dtype, static_cast<long>(rows[r]) * G + g0, n, biases[r]);
+      int g = 0;
+      for (; g + L <= n; g += L) bias_total[r] = V::fma(V::load(biases[r] + g), V::load(xsum + g0 + g), bias_total[r]);
+      for (; g < n; ++g) bias_tail[r] += biases[r][g] * xsum[g0 + g];
+    }
+    for (int g = g0; g < g0 + n; ++g) {
+      const float* x = xp + g * GROUP;
+      const long at = static_cast<long>(g) * (GROUP * BITS / 8);
+      T acc[R];
+      for (int r = 0; r < R; ++r) acc[r] = V::zero();
+      if constexpr (BITS == 8) {
+        for (int k = 0; k < GROUP; k += L) {
+          const T xk = V::load(x + k);
+          for (int r = 0; r < R; ++r) {
+            const uint8_t* b = base[r] + at + k;
+            if ((at + k) % 64 == 0) prefetch_bytes<V>(b);
+            acc[r] = V::fma(V::u8(b), xk, acc[r]);
+          }
+        }
+      } else {  // L bytes hold 2L values: the low nibbles the even ones, the high nibbles the odd ones
+        for (int i = 0; i < GROUP / 2; i += L) {
+          const T x0 = V::load(x + 2 * i), x1 = V::load(x + 2 * i + L);
+          for (int r = 0; r < R; ++r) {
+            const uint8_t* b = base[r] + at + i;
+            if ((at + i) % 64 == 0) prefetch_bytes<V>(b);
+            T lo, hi;
+            V::nibbles(b, lo, hi);
+            acc[r] = V::fma(hi, x1, V::fma(lo, x0, acc[r]));
+          }
+        }
+      }
+      for (int r = 0; r < R; ++r) total[r] = V::fma(V::bcast(scales[r][g - g0]), acc[r], total[r]);
     }
   }
-  for (int r = 0; r < R; ++r) y[rows[r]] = V::hsum(total[r]) + bias_term[r];
+  for (int r = 0; r < R; ++r) y[rows[r]] = V::hsum(total[r]) + (V::hsum(bias_total[r]) + bias_tail[r]);
 }
 
 template <class V, int BITS, int GROUP>
