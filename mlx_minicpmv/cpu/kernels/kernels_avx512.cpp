@@ -36,10 +36,14 @@ struct V {
   static __m128i bytes(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
   static T widen_bytes(__m128i b) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b)); }
   static T u8(const uint8_t* p) { return widen_bytes(bytes(p)); }
-  static void nibbles(const uint8_t* p, T& lo, T& hi) {  // each byte in a lane of its own: no mask for >> 4
+  // Each byte in a lane of its own, and each nibble's float looked up: vpermps reads the low four
+  // bits of a lane as the index, so no mask and no int-to-float conversion (a layer's 4-bit GEMVs
+  // 0.82 -> 0.75 ms, medians of four runs each, alternated).
+  static void nibbles(const uint8_t* p, T& lo, T& hi) {
     const __m512i b = _mm512_cvtepu8_epi32(bytes(p));
-    lo = _mm512_cvtepi32_ps(_mm512_and_si512(b, _mm512_set1_epi32(15)));
-    hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4));
+    const __m512 values = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    lo = _mm512_permutexvar_ps(b, values);
+    hi = _mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), values);
   }
   static T bf16(const uint16_t* p) {
     __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
