@@ -252,7 +252,7 @@ def load_model(path, lazy: bool = False, compute_dtype="auto", cpu_kernels=None,
         with READ_LOCK, mx.stream(seam.any_thread_stream()):
             model = build(Path(path), compute_dtype, cpu_kernels, adapter_path)
             mx.eval([v for k, v in tree_flatten(model.parameters()) if not k.startswith(ON_FIRST_IMAGE)])
-        model.defer_vision()
+        model.defer_vision(path)
         model.eval()
         return model
     model = build(Path(path), compute_dtype, cpu_kernels, adapter_path)

@@ -189,3 +189,17 @@ def test_the_vision_weights_are_read_on_the_first_image(tiny, thread):
     before = held(0)
     portable, _ = load(tiny.mlx_path, cpu_kernels=False)
     assert held(before) >= sum(v.nbytes for _, v in tree_flatten(portable.parameters()))
+
+
+def test_vision_weights_damaged_after_load_are_named_on_the_first_image(broken):
+    """The files the vision weights come from, truncated between load and the first image: an
+    error that names the folder and the fix, and the text side keeps working."""
+    from tests.media import noise_image
+
+    model, processor = load(broken)
+    (broken / "model.safetensors").write_bytes(b"")
+    inputs = processor([{"role": "user", "content": [{"type": "image", "image": noise_image(64, 48)},
+                                                      {"type": "text", "text": "What is it?"}]}])
+    with pytest.raises(CheckpointError, match=f"{broken}: the vision weights cannot be read.*load it again"):
+        model.encode_slices(inputs.pixel_values, inputs.target_sizes)
+    assert model(mx.array([[1, 2, 3]])).shape[:2] == (1, 3)

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..downsample import merge_side
+from ..errors import CheckpointError
 from .canvas import batch_positions, canvas_positions
 from .canvas_rope import CanvasKVCache
 from .language import LanguageModel
@@ -54,17 +55,25 @@ class Model(nn.Module):
         self.language_model = LanguageModel(tc)
 
     # -- vision -------------------------------------------------------------------------------
-    def defer_vision(self) -> None:
+    def defer_vision(self, where) -> None:
         """Leave the vision weights unread until the first image or video needs them
-        (``loading.ON_FIRST_IMAGE``)."""
-        object.__setattr__(self, "_vision_deferred", True)
+        (``loading.ON_FIRST_IMAGE``); ``where`` names the files in an error."""
+        object.__setattr__(self, "_vision_deferred", str(where))
 
     def read_vision(self) -> None:
         """Read the vision weights ``defer_vision`` left, once, whichever thread asks first."""
         with READ_LOCK:
-            if getattr(self, "_vision_deferred", False):
+            where = getattr(self, "_vision_deferred", None)
+            if where is None:
+                return
+            try:
                 mx.eval(self.vision_tower.parameters(), self.merger.parameters())
-                object.__setattr__(self, "_vision_deferred", False)
+            except RuntimeError as e:
+                raise CheckpointError(
+                    f"{where}: the vision weights cannot be read ({str(e).splitlines()[0]}); the files changed since "
+                    "the model was loaded: load it again, or convert or download it again if they are damaged"
+                ) from None
+            object.__setattr__(self, "_vision_deferred", None)
 
     def encode_slices(
         self, pixel_values: mx.array, target_sizes, downsample_mode: Optional[str] = None
