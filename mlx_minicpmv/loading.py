@@ -245,19 +245,18 @@ def load_model(path, lazy: bool = False, compute_dtype="auto", cpu_kernels=None,
     ``adapter_path``: a folder of fine-tuned adapters (``tuner/adapters.py``), put in before the
     precision and the CPU layers are chosen, so that they are widened and specialised with the rest.
     ``defer_vision``: where the CPU seam applies, read the vision tower's weights on the first
-    image or video rather than now (``ON_FIRST_IMAGE``); False reads everything now.
+    image or video rather than now (``Model.defer_vision``): a text-only session never holds them,
+    0.5-1.1 GB of the 1.3B model's weights. False reads everything now.
     """
-    defer = defer_vision and not lazy and seam.applies(cpu_kernels)
-    if defer:
+    if defer_vision and not lazy and seam.applies(cpu_kernels):
         with READ_LOCK, mx.stream(seam.any_thread_stream()):
             model = build(Path(path), compute_dtype, cpu_kernels, adapter_path)
-            mx.eval([v for k, v in tree_flatten(model.parameters()) if not k.startswith(ON_FIRST_IMAGE)])
+            mx.eval(model.vision_parameters(False))
         model.defer_vision(path)
-        model.eval()
-        return model
-    model = build(Path(path), compute_dtype, cpu_kernels, adapter_path)
-    if not lazy:
-        mx.eval(model.parameters())
+    else:
+        model = build(Path(path), compute_dtype, cpu_kernels, adapter_path)
+        if not lazy:
+            mx.eval(model.parameters())
     model.eval()
     return model
 
@@ -281,12 +280,6 @@ def build(path: Path, compute_dtype, cpu_kernels, adapter_path) -> Model:
     return model
 
 
-# Read from the files on the first image or video, not at load: a text-only session never holds
-# them (the vision tower and merger are 0.5-1.1 GB of the 1.3B model's weights; 8-bit: a text
-# session's peak 1.55 -> 0.84 GB).
-ON_FIRST_IMAGE = ("vision_tower.", "merger.")
-
-
 def load(path_or_repo, lazy: bool = False, compute_dtype="auto", cpu_kernels=None, adapter_path=None):
     """``(model, processor)`` from a converted directory, an HF checkpoint directory or a repo id.
 
@@ -296,7 +289,7 @@ def load(path_or_repo, lazy: bool = False, compute_dtype="auto", cpu_kernels=Non
     ``MLX_MINICPMV_CPU_KERNELS=off``) runs the portable model, the one Metal runs, on the CPU.
     ``adapter_path`` applies the adapters a ``python -m mlx_minicpmv lora`` run wrote there.
     On the CPU the vision tower's weights are read on the first image or video
-    (``ON_FIRST_IMAGE``); ``lazy=True`` defers all of them.
+    (``Model.defer_vision``); ``lazy=True`` defers all of them.
     """
     from .processing.processor import Processor
 

@@ -155,14 +155,12 @@ def test_the_vision_weights_are_read_on_the_first_image(tiny, thread):
     import numpy as np
     from mlx.utils import tree_flatten
 
-    from mlx_minicpmv.loading import ON_FIRST_IMAGE
     from tests.media import noise_image
 
     before = held(0)
     model, processor = load(tiny.mlx_path)
-    params = tree_flatten(model.parameters())
-    vision = sum(v.nbytes for k, v in params if k.startswith(ON_FIRST_IMAGE))
-    rest = sum(v.nbytes for k, v in params) - vision
+    vision = sum(v.nbytes for v in model.vision_parameters())
+    rest = sum(v.nbytes for v in model.vision_parameters(False))
     assert vision > 0 and held(before) < rest + vision / 2
 
     inputs = processor([{"role": "user", "content": [{"type": "image", "image": noise_image(64, 48)},

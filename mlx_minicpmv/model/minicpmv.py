@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+from mlx.utils import tree_flatten
 
 from ..config import ModelConfig
 from ..downsample import merge_side
@@ -28,6 +29,9 @@ from .vision import VisionTower, check_grid
 # fills a GPU, while a long video's activations (B·L·4304 floats in the MLP) stay a few
 # hundred MB whatever the frame count.
 MAX_PATCHES_PER_PASS = 16384
+
+# The vision side's modules: what ``defer_vision`` leaves unread until the first image or video.
+ON_FIRST_IMAGE = ("vision_tower.", "merger.")
 
 # Held while what a deferred load put on its any-thread stream is computed (loading.py): two
 # threads' first images read the vision weights once, and never beside another load.
@@ -57,7 +61,7 @@ class Model(nn.Module):
     # -- vision -------------------------------------------------------------------------------
     def defer_vision(self, where) -> None:
         """Leave the vision weights unread until the first image or video needs them
-        (``loading.ON_FIRST_IMAGE``); ``where`` names the files in an error."""
+        (``ON_FIRST_IMAGE``); ``where`` names the files in an error."""
         object.__setattr__(self, "_vision_deferred", str(where))
 
     def read_vision(self) -> None:
@@ -67,13 +71,17 @@ class Model(nn.Module):
             if where is None:
                 return
             try:
-                mx.eval(self.vision_tower.parameters(), self.merger.parameters())
+                mx.eval(self.vision_parameters())
             except RuntimeError as e:
                 raise CheckpointError(
                     f"{where}: the vision weights cannot be read ({str(e).splitlines()[0]}); the files changed since "
                     "the model was loaded: load it again, or convert or download it again if they are damaged"
                 ) from None
             object.__setattr__(self, "_vision_deferred", None)
+
+    def vision_parameters(self, vision: bool = True) -> list:
+        """The parameters of the vision side (``ON_FIRST_IMAGE``), or with ``vision=False`` all others."""
+        return [v for k, v in tree_flatten(self.parameters()) if k.startswith(ON_FIRST_IMAGE) == vision]
 
     def encode_slices(
         self, pixel_values: mx.array, target_sizes, downsample_mode: Optional[str] = None

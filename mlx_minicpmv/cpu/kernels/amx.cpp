@@ -213,7 +213,8 @@ void pack_quantized_panel(const Quantized& q, int N, int n0, uint16_t* panel, fl
 }
 
 // y (M, N) = x (M, K) @ W.T by passes of kRowsPerPass rows of x: each pass's x packed into its
-// pieces once, then the panels of W over the pool, each panel packed by pack(p, panel, groups).
+// pieces once, then the panels of W over the pool, each packed by pack(n0, Kp, panel, scales,
+// biases) (the last two, [kPanel][G] floats, for quantised panels only).
 template <class Pack>
 void gemm(int K, const float* x, int M, int N, float* y, int group, Pack pack) {
   const int Kp = (K + 31) / 32 * 32;
@@ -244,10 +245,12 @@ void gemm(int K, const float* x, int M, int N, float* y, int group, Pack pack) {
       thread_local std::vector<float> scales;
       if (panel.size() < static_cast<size_t>(kPanel) * Kp) panel.resize(static_cast<size_t>(kPanel) * Kp);
       if (scales.size() < static_cast<size_t>(2 * kPanel) * G) scales.resize(static_cast<size_t>(2 * kPanel) * G);
-      Groups groups{group, scales.data(), scales.data() + kPanel * G, xsum};
+      float* panel_scales = scales.data();
+      float* panel_biases = panel_scales + kPanel * G;
+      const Groups groups{group, panel_scales, panel_biases, xsum};
       configure();
       for (long p = p0; p < p1; ++p) {
-        pack(static_cast<int>(p) * kPanel, Kp, panel.data(), groups);
+        pack(static_cast<int>(p) * kPanel, Kp, panel.data(), panel_scales, panel_biases);
         panel_times_pass(panel.data(), Kp, pieces, rows, static_cast<int>(p) * kPanel, N, m0, M, y, groups);
       }
       _tile_release();
@@ -258,12 +261,12 @@ void gemm(int K, const float* x, int M, int N, float* y, int group, Pack pack) {
 }  // namespace
 
 void amx_bf16_gemm(const uint16_t* w, int K, const float* x, int M, int N, float* y) {
-  gemm(K, x, M, N, y, 0, [&](int n0, int Kp, uint16_t* panel, const Groups&) { pack_panel(w, N, K, Kp, n0, panel); });
+  gemm(K, x, M, N, y, 0, [&](int n0, int Kp, uint16_t* panel, float*, float*) { pack_panel(w, N, K, Kp, n0, panel); });
 }
 
 void amx_quantized_gemm(const Quantized& q, const float* x, int M, int N, float* y) {
-  gemm(q.K, x, M, N, y, q.group, [&](int n0, int, uint16_t* panel, const Groups& groups) {
-    pack_quantized_panel(q, N, n0, panel, const_cast<float*>(groups.scales), const_cast<float*>(groups.biases));
+  gemm(q.K, x, M, N, y, q.group, [&](int n0, int, uint16_t* panel, float* scales, float* biases) {
+    pack_quantized_panel(q, N, n0, panel, scales, biases);
   });
 }
 
