@@ -137,7 +137,7 @@ def test_fp16_subnormals_and_the_tiled_gemm_over_several_tiles(ext):
 
 
 @pytest.mark.skipif("amx" not in isas(), reason="this CPU (or its OS) has no AMX tile unit")
-@pytest.mark.parametrize("M,K,N", [(4, 64, 16), (33, 1000, 50), (300, 100, 70), (257, 1152, 96)])  # tails of k, rows, passes
+@pytest.mark.parametrize("M,K,N", [(4, 64, 16), (33, 1000, 50), (300, 100, 70), (257, 1152, 96), (260, 2210, 40)])  # tails of k, rows, passes, blocks of K
 def test_the_amx_gemm_keeps_all_of_x(ext, M, K, N):
     """The AMX GEMM multiplies bf16 pairs: x goes in as three bf16 pieces, all 24 bits of its
     significand, so it is as close to MLX's fp32 product as the tiled sgemm is, over every tail
@@ -149,6 +149,19 @@ def test_the_amx_gemm_keeps_all_of_x(ext, M, K, N):
     close(got, want, rtol=2e-6)
     once = x.astype(mx.bfloat16).astype(mx.float32) @ w.astype(mx.float32).T
     assert np.abs(np.array(got - want)).max() * 100 < np.abs(np.array(once - want)).max()
+
+
+@pytest.mark.skipif("amx" not in isas(), reason="this CPU (or its OS) has no AMX tile unit")
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("group_size", [32, 128])
+def test_the_amx_quantized_gemm_over_blocks_of_k(ext, bits, group_size):
+    """A long row (K = 1408, two blocks of K for a pass of 256 rows): the second block's groups
+    take their own scales, biases and sums of x, and add to the first's."""
+    w = mx.random.normal((40, 1408), key=mx.random.key(bits * group_size)).astype(mx.bfloat16)
+    q, s, b = mx.quantize(w, group_size=group_size, bits=bits)
+    x = mx.random.normal((260, 1408), key=mx.random.key(9))
+    want = mx.quantized_matmul(x, q, s, b, transpose=True, group_size=group_size, bits=bits)
+    close(cpu_kernels.quantized_matmul(x, q, s, b, group_size, bits, isa="amx"), want)
 
 
 @pytest.mark.parametrize("isa", isas())

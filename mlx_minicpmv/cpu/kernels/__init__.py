@@ -26,7 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SOURCES = ("CMakeLists.txt", "matmul.cpp", "amx.cpp", "delta.h", "delta.cpp", "scan.h", "scan.cpp",
            "state_primitive.h", "softmax.h", "softmax.cpp", "activation.h", "activation.cpp", "norm.h", "norm.cpp",
-           "bind.h", "pool.h", "pool.cpp", "dispatch.cpp", "kernels.h", "kernels_impl.h", "kernels_scalar.cpp",
+           "bind.h", "pool.h", "pool.cpp", "scratch.h", "dispatch.cpp", "kernels.h", "kernels_impl.h", "kernels_scalar.cpp",
            "kernels_avx2.cpp", "kernels_avx512.cpp")
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)

@@ -34,13 +34,18 @@
 
 #include "kernels.h"
 #include "pool.h"
+#include "scratch.h"
 
 namespace cpuk {
 
 namespace {
 
 constexpr int kPieces = 3;         // bf16 pieces of x
-constexpr int kRowsPerPass = 256;  // rows of x per pass: packed (3 pieces, 1.8 MB at K = 1152), they stay in L2
+constexpr int kRowsPerPass = 256;  // rows of x per pass
+// A pass's packed x (3 pieces of its rows by a block of K) is read once per panel of W, so it
+// must stay in L2 (2 MB a core here): at K = 3584 the whole row (5.5 MB) came from L3 and the
+// GEMM ran at 2/3 the speed of K = 1024. So K is cut into blocks of at most this many bytes.
+constexpr long kPassBytes = 1536 * 1024;
 constexpr int kPanel = 32;         // weight rows per panel: two A tiles
 
 struct alignas(64) TileConfig {
@@ -65,15 +70,15 @@ inline __m512 widen(__m256bh h) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)h), 16));
 }
 
-// Rows [m0, m0 + rows) of x into its pieces, each (blocks of 16 rows, K/32 chunks, 16 pairs, 16
-// rows) as uint32 pairs; rows past M and k past K are zero.
-void pack_x(const float* x, int M, int K, int Kp, int m0, int rows, uint32_t* const* pieces) {
+// Rows [m0, m0 + rows) of x (row stride ld, K columns from x on) into its pieces, each (blocks of
+// 16 rows, Kp/32 chunks, 16 pairs, 16 rows) as uint32 pairs; rows past M and k past K are zero.
+void pack_x(const float* x, long ld, int M, int K, int Kp, int m0, int rows, uint32_t* const* pieces) {
   const int chunks = Kp / 32;
   std::vector<uint16_t> bits(static_cast<size_t>(kPieces) * Kp);
   for (int r = 0; r < rows; ++r) {
     std::fill(bits.begin(), bits.end(), 0);
     if (m0 + r < M) {
-      const float* row = x + static_cast<long>(m0 + r) * K;
+      const float* row = x + (m0 + r) * ld;
       for (int k = 0; k < K; k += 16) {
         const int n = std::min(16, K - k);
         __m512 v = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), row + k);
@@ -95,14 +100,15 @@ void pack_x(const float* x, int M, int K, int Kp, int m0, int rows, uint32_t* co
   }
 }
 
-// Weight rows [n0, n0 + kPanel) into panel (kPanel, Kp), zero past N and K.
-void pack_panel(const uint16_t* w, int N, int K, int Kp, int n0, uint16_t* panel) {
+// Weight rows [n0, n0 + kPanel), columns [k0, k0 + kb), into panel (kPanel, Kp), zero past N
+// and K.
+void pack_panel(const uint16_t* w, int N, int K, int n0, int k0, int kb, int Kp, uint16_t* panel) {
   for (int r = 0; r < kPanel; ++r) {
     uint16_t* out = panel + static_cast<long>(r) * Kp;
     const int n = n0 + r;
     if (n < N) {
-      std::memcpy(out, w + static_cast<long>(n) * K, sizeof(uint16_t) * K);
-      std::fill(out + K, out + Kp, 0);
+      std::memcpy(out, w + static_cast<long>(n) * K + k0, sizeof(uint16_t) * kb);
+      std::fill(out + kb, out + Kp, 0);
     } else {
       std::fill(out, out + Kp, 0);
     }
@@ -127,9 +133,10 @@ struct Groups {
 };
 
 // One panel of 32 weight rows by the packed rows of one pass, 32 rows of x at a time, each piece
-// of x in turn against the same A tiles; with groups, each group's sums scaled into acc.
+// of x in turn against the same A tiles; with groups, each group's sums scaled into acc. The
+// result is written to y, or added to it (accumulate: a later block of K).
 void panel_times_pass(const uint16_t* panel, int Kp, uint32_t* const* pieces, int rows, int n0, int N, int m0, int M,
-                      float* y, const Groups& groups) {
+                      float* y, const Groups& groups, bool accumulate) {
   const int chunks = Kp / 32;
   const int per_group = groups.size ? groups.size / 32 : chunks, G = chunks / per_group;
   const long stride = static_cast<long>(Kp) * 2, block = static_cast<long>(chunks) * 256;
@@ -172,17 +179,23 @@ void panel_times_pass(const uint16_t* panel, int Kp, uint32_t* const* pieces, in
       const int ni = std::min(16, N - nb), mj = std::min(16, M - mb);
       for (int j = 0; j < mj; ++j) {
         float* yr = y + static_cast<long>(mb + j) * N + nb;
-        for (int i = 0; i < ni; ++i) yr[i] = result[t][i][j];
+        if (accumulate) {
+          for (int i = 0; i < ni; ++i) yr[i] += result[t][i][j];
+        } else {
+          for (int i = 0; i < ni; ++i) yr[i] = result[t][i][j];
+        }
       }
     }
   }
 }
 
-// Quantised rows [n0, n0 + kPanel) into panel as bf16 codes (natural k order, zero past N), and
-// their scales and biases as float ([kPanel][G], zero past N).
-void pack_quantized_panel(const Quantized& q, int N, int n0, uint16_t* panel, float* scales, float* biases) {
-  const int K = q.K, G = K / q.group;
-  const long row_bytes = static_cast<long>(K) * q.bits / 8;
+// Quantised rows [n0, n0 + kPanel), columns [k0, k0 + kb) (whole groups), into panel as bf16
+// codes (natural k order, zero past N), and their scales and biases as float ([kPanel][kb /
+// group], zero past N).
+void pack_quantized_panel(const Quantized& q, int N, int n0, int k0, int kb, uint16_t* panel, float* scales,
+                          float* biases) {
+  const int K = kb, G = kb / q.group, g0 = k0 / q.group, row_groups = q.K / q.group;
+  const long row_bytes = static_cast<long>(q.K) * q.bits / 8, block_bytes = static_cast<long>(kb) * q.bits / 8;
   const __m512i low = _mm512_set1_epi32(0xF), high_half = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
   for (int r = 0; r < kPanel; ++r) {
     const int n = n0 + r;
@@ -193,8 +206,8 @@ void pack_quantized_panel(const Quantized& q, int N, int n0, uint16_t* panel, fl
       std::fill(biases + static_cast<long>(r) * G, biases + static_cast<long>(r + 1) * G, 0.0f);
       continue;
     }
-    const uint8_t* bytes = reinterpret_cast<const uint8_t*>(q.w) + n * row_bytes;
-    for (int i = 0; i < row_bytes; i += 16) {  // 16 bytes: 16 codes at 8 bits, 32 at 4 (K is a multiple of 32)
+    const uint8_t* bytes = reinterpret_cast<const uint8_t*>(q.w) + n * row_bytes + static_cast<long>(k0) * q.bits / 8;
+    for (int i = 0; i < block_bytes; i += 16) {  // 16 bytes: 16 codes at 8 bits, 32 at 4 (K is a multiple of 32)
       const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + i)));
       if (q.bits == 8) {  // a code's float has its 8 bits in the top half: that half is its bf16
         const __m512i f = _mm512_srli_epi32(_mm512_castps_si512(_mm512_cvtepi32_ps(b)), 16);
@@ -206,67 +219,78 @@ void pack_quantized_panel(const Quantized& q, int N, int n0, uint16_t* panel, fl
       }
     }
     for (int g = 0; g < G; ++g) {
-      scales[static_cast<long>(r) * G + g] = load_float(q.scales, q.dtype, static_cast<long>(n) * G + g);
-      biases[static_cast<long>(r) * G + g] = load_float(q.biases, q.dtype, static_cast<long>(n) * G + g);
+      scales[static_cast<long>(r) * G + g] = load_float(q.scales, q.dtype, static_cast<long>(n) * row_groups + g0 + g);
+      biases[static_cast<long>(r) * G + g] = load_float(q.biases, q.dtype, static_cast<long>(n) * row_groups + g0 + g);
     }
   }
 }
 
-// y (M, N) = x (M, K) @ W.T by passes of kRowsPerPass rows of x: each pass's x packed into its
-// pieces once, then the panels of W over the pool, each packed by pack(n0, Kp, panel, scales,
-// biases) (the last two, [kPanel][G] floats, for quantised panels only).
+// y (M, N) = x (M, K) @ W.T by passes of kRowsPerPass rows of x and blocks of K (whole groups,
+// kPassBytes of packed x at most): each pass's block of x packed into its pieces once, then the
+// panels of W over the pool, each packed by pack(n0, k0, kb, Kp, panel, scales, biases) (the last
+// two, [kPanel][kb / group] floats, for quantised panels only), later blocks added to y.
 template <class Pack>
 void gemm(int K, const float* x, int M, int N, float* y, int group, Pack pack) {
-  const int Kp = (K + 31) / 32 * 32;
-  const int panels = (N + kPanel - 1) / kPanel, G = group ? K / group : 0;
-  thread_local std::vector<uint32_t> packed;
-  thread_local std::vector<float> sums;
+  const int panels = (N + kPanel - 1) / kPanel;
+  thread_local Scratch<uint32_t> packed;
+  thread_local Scratch<float> sums;
   for (int m0 = 0; m0 < M; m0 += kRowsPerPass) {
     const int rows = (std::min(kRowsPerPass, M - m0) + 31) / 32 * 32;
-    const size_t words = static_cast<size_t>(rows) * Kp / 2;
-    if (packed.size() < kPieces * words) packed.resize(kPieces * words);
-    uint32_t* pieces[kPieces];
-    for (int i = 0; i < kPieces; ++i) pieces[i] = packed.data() + i * words;
-    Pool::get().parallel_for(rows / 16, 1, [&](long b, long e) {
-      uint32_t* at[kPieces];
-      for (int i = 0; i < kPieces; ++i) at[i] = pieces[i] + b * (Kp / 32) * 256;
-      pack_x(x, M, K, Kp, m0 + 16 * static_cast<int>(b), 16 * static_cast<int>(e - b), at);
-    });
-    if (G) {  // x's sums by group, [G][rows], zero past M
-      sums.assign(static_cast<size_t>(G) * rows, 0.0f);
-      for (int r = 0; r < rows && m0 + r < M; ++r) {
-        const float* row = x + static_cast<long>(m0 + r) * K;
-        for (int k = 0; k < K; ++k) sums[static_cast<size_t>(k / group) * rows + r] += row[k];
-      }
+    // Blocks of K: a multiple of 128 (of 32 and every group size), as even as that allows.
+    const long most = std::max<long>(128, kPassBytes / (kPieces * 2L * rows) / 128 * 128);
+    const long blocks = (K + most - 1) / most;
+    const int block = blocks == 1 ? K : static_cast<int>((K + blocks - 1) / blocks + 127) / 128 * 128;
+    for (int k0 = 0; k0 < K; k0 += block) {
+      const int kb = std::min(block, K - k0), Kp = (kb + 31) / 32 * 32, G = group ? kb / group : 0;
+      const size_t words = static_cast<size_t>(rows) * Kp / 2;
+      uint32_t* const base = packed.get(kPieces * words);
+      uint32_t* pieces[kPieces];
+      for (int i = 0; i < kPieces; ++i) pieces[i] = base + i * words;
+      float* const xsum = sums.get(static_cast<size_t>(G) * rows);
+      Pool::get().parallel_for(rows / 16, 1, [&](long b, long e) {
+        uint32_t* at[kPieces];
+        for (int i = 0; i < kPieces; ++i) at[i] = pieces[i] + b * (Kp / 32) * 256;
+        pack_x(x + k0, K, M, kb, Kp, m0 + 16 * static_cast<int>(b), 16 * static_cast<int>(e - b), at);
+        for (int r = 16 * static_cast<int>(b); r < 16 * static_cast<int>(e) && G; ++r) {  // x's sums by group, [G][rows]
+          const float* row = x + static_cast<long>(m0 + r) * K + k0;
+          for (int g = 0; g < G; ++g) {
+            __m512 sum = _mm512_setzero_ps();  // groups are multiples of 16
+            if (m0 + r < M) {
+              for (int k = g * group; k < (g + 1) * group; k += 16) sum = _mm512_add_ps(sum, _mm512_loadu_ps(row + k));
+            }
+            xsum[static_cast<size_t>(g) * rows + r] = _mm512_reduce_add_ps(sum);
+          }
+        }
+      });
+      Pool::get().parallel_for(panels, 1, [&](long p0, long p1) {
+        thread_local Scratch<uint16_t> panel_buffer;
+        thread_local Scratch<float> scales;
+        uint16_t* const panel = panel_buffer.get(static_cast<size_t>(kPanel) * Kp);
+        float* panel_scales = scales.get(static_cast<size_t>(2 * kPanel) * G + 1);
+        float* panel_biases = panel_scales + kPanel * G;
+        const Groups groups{group, panel_scales, panel_biases, xsum};
+        configure();
+        for (long p = p0; p < p1; ++p) {
+          pack(static_cast<int>(p) * kPanel, k0, kb, Kp, panel, panel_scales, panel_biases);
+          panel_times_pass(panel, Kp, pieces, rows, static_cast<int>(p) * kPanel, N, m0, M, y, groups, k0 > 0);
+        }
+        _tile_release();
+      });
     }
-    const float* xsum = sums.data();  // this thread's: the lambda runs on the pool's too
-    Pool::get().parallel_for(panels, 1, [&](long p0, long p1) {
-      thread_local std::vector<uint16_t> panel;
-      thread_local std::vector<float> scales;
-      if (panel.size() < static_cast<size_t>(kPanel) * Kp) panel.resize(static_cast<size_t>(kPanel) * Kp);
-      if (scales.size() < static_cast<size_t>(2 * kPanel) * G) scales.resize(static_cast<size_t>(2 * kPanel) * G);
-      float* panel_scales = scales.data();
-      float* panel_biases = panel_scales + kPanel * G;
-      const Groups groups{group, panel_scales, panel_biases, xsum};
-      configure();
-      for (long p = p0; p < p1; ++p) {
-        pack(static_cast<int>(p) * kPanel, Kp, panel.data(), panel_scales, panel_biases);
-        panel_times_pass(panel.data(), Kp, pieces, rows, static_cast<int>(p) * kPanel, N, m0, M, y, groups);
-      }
-      _tile_release();
-    });
   }
 }
 
 }  // namespace
 
 void amx_bf16_gemm(const uint16_t* w, int K, const float* x, int M, int N, float* y) {
-  gemm(K, x, M, N, y, 0, [&](int n0, int Kp, uint16_t* panel, float*, float*) { pack_panel(w, N, K, Kp, n0, panel); });
+  gemm(K, x, M, N, y, 0, [&](int n0, int k0, int kb, int Kp, uint16_t* panel, float*, float*) {
+    pack_panel(w, N, K, n0, k0, kb, Kp, panel);
+  });
 }
 
 void amx_quantized_gemm(const Quantized& q, const float* x, int M, int N, float* y) {
-  gemm(q.K, x, M, N, y, q.group, [&](int n0, int, uint16_t* panel, float* scales, float* biases) {
-    pack_quantized_panel(q, N, n0, panel, scales, biases);
+  gemm(q.K, x, M, N, y, q.group, [&](int n0, int k0, int kb, int, uint16_t* panel, float* scales, float* biases) {
+    pack_quantized_panel(q, N, n0, k0, kb, panel, scales, biases);
   });
 }
 

@@ -31,6 +31,7 @@
 #include "mlx/primitives.h"
 #include "pool.h"
 #include "scan.h"
+#include "scratch.h"
 #include "softmax.h"
 
 namespace mx = mlx::core;
@@ -79,21 +80,16 @@ void gemv_rows(const float* x, int M, int K, int N, float* y, Gemv gemv) {
   }
 }
 
-// Scratch that lives with the thread (MLX's stream thread): a fresh 4 MB tile per call would
-// be a fresh mmap, zeroed page by page, every time.
-float* scratch(std::vector<float>& buffer, size_t n) {
-  if (buffer.size() < n) buffer.resize(n);
-  return buffer.data();
-}
-
 // The GEMM: tiles of widened weight rows, each multiplied by sgemm. With many rows the
 // widening is a few percent of the sgemm and runs on this thread alone, so that it does not
 // contend with OpenBLAS's threads (which spin between calls); with few, the pool shares it.
 template <class Widen>
 void gemm_tiles(const float* x, int M, int K, int N, float* y, Widen widen) {
-  thread_local std::vector<float> buffer;
+  // Scratch that lives with the thread (MLX's stream thread): a fresh 4 MB tile per call would
+  // be a fresh mmap, zeroed page by page, every time.
+  thread_local cpuk::Scratch<float> buffer;
   const int rows = static_cast<int>(std::max<long>(16, std::min<long>(N, kTileFloats / K)));
-  float* tile = scratch(buffer, static_cast<size_t>(rows) * K);
+  float* tile = buffer.get(static_cast<size_t>(rows) * K);
   for (int n0 = 0; n0 < N; n0 += rows) {
     const int nb = std::min(rows, N - n0);
     auto part = [&](long b, long e) { widen(n0 + static_cast<int>(b), n0 + static_cast<int>(e), tile + b * K); };
@@ -112,9 +108,9 @@ void run_quantized(const Isa& isa, int group, int bits, const std::vector<mx::ar
   const cpuk::Quantized q{in[1].data<uint32_t>(), in[2].data<void>(), in[3].data<void>(), float_of(in[2].dtype()),
                           K, group, bits};
   if (M >= kGemvRows && isa.quantized_gemm != nullptr) return isa.quantized_gemm(q, x, M, N, y);
-  thread_local std::vector<float> permuted;
+  thread_local cpuk::Scratch<float> permuted;
   if (bits == 4) {  // the nibble order, once for all rows
-    float* xp = scratch(permuted, static_cast<size_t>(M) * K);
+    float* xp = permuted.get(static_cast<size_t>(M) * K);
     permute_nibble_order(x, static_cast<long>(M) * K, isa.nibble_block, xp);
     x = xp;
   }
@@ -122,8 +118,8 @@ void run_quantized(const Isa& isa, int group, int bits, const std::vector<mx::ar
     return gemm_tiles(x, M, K, N, y, [&](int n0, int n1, float* tile) { isa.qdequant(q, n0, n1, tile); });
   }
   const int G = K / group;
-  thread_local std::vector<float> sums_buffer;
-  float* xsum = scratch(sums_buffer, static_cast<size_t>(M) * G);
+  thread_local cpuk::Scratch<float> sums_buffer;
+  float* xsum = sums_buffer.get(static_cast<size_t>(M) * G);
   std::fill(xsum, xsum + static_cast<long>(M) * G, 0.0f);
   for (long i = 0; i < static_cast<long>(M) * K; ++i) xsum[i / group] += x[i];
   for (int m = 0; m < M; ++m) {
