@@ -56,8 +56,10 @@ def specialise(model) -> Dict[str, int]:
     """Put the CPU specialisations into a loaded ``model``: the registered CPU layers (see
     ``registry.py``) and the CPU's choices for the whole model. Returns the swaps made."""
     from . import gemv_layers, kernel_layers, language_layers, norm_layers, vision_layers  # noqa: F401  (they register their layers)
+    from .allocator import keep_freed_buffers
     from .registry import swap_layers
 
+    keep_freed_buffers()
     counts = swap_layers(model)
     # One vision slice per tower pass: its attention scores and MLP activations then stay in
     # cache (a 1088-patch frame took 3.4 s alone against 4.3 s a frame in batches of 4).
