@@ -165,6 +165,19 @@ def test_the_amx_quantized_gemm_over_blocks_of_k(ext, bits, group_size):
 
 
 @pytest.mark.parametrize("isa", isas())
+def test_softmax_writes_negligible_probabilities_as_zero(ext, isa):
+    """Masked scores (-inf) get probability 0, as MLX's softmax gives them, and so does anything
+    below 2^-64: the fast exp bottoms out at e^-80, and such probabilities times the values made
+    subnormal products that doubled a causal layer's probs @ V."""
+    scores = mx.concatenate([4 * mx.random.normal((6, 40), key=mx.random.key(31)), mx.full((6, 37), -mx.inf),
+                             mx.full((6, 3), -60.0)], axis=-1)  # 80 columns: tails after the vectors
+    got = np.array(cpu_kernels.softmax(scores, isa=isa))
+    assert (got[:, 40:] == 0).all()
+    assert ((got == 0) | (got >= 2.0**-64)).all()
+    close(got, mx.softmax(scores, axis=-1, precise=True))
+
+
+@pytest.mark.parametrize("isa", isas())
 def test_softmax_and_the_activations_equal_fast_math(ext, isa):
     """The kernels' softmax, tanh-GELU and SwiGLU compute fast_math's formulas (its exp, clipped
     alike) on every instruction set, with tails after the vectors, masked scores and inputs that

@@ -22,6 +22,8 @@ struct V {
   static T div(T a, T b) { return _mm256_div_ps(a, b); }
   static T max(T a, T b) { return _mm256_max_ps(a, b); }
   static T min(T a, T b) { return _mm256_min_ps(a, b); }
+  // v, or 0 where v < below (softmax's negligible probabilities, kernels_impl.h)
+  static T flush(T v, float below) { return _mm256_and_ps(v, _mm256_cmp_ps(v, _mm256_set1_ps(below), _CMP_GE_OQ)); }
   static float hmax(T v) {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));

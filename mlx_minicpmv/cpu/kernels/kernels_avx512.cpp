@@ -27,6 +27,8 @@ struct V {
   static T div(T a, T b) { return _mm512_div_ps(a, b); }
   static T max(T a, T b) { return _mm512_max_ps(a, b); }
   static T min(T a, T b) { return _mm512_min_ps(a, b); }
+  // v, or 0 where v < below (softmax's negligible probabilities, kernels_impl.h)
+  static T flush(T v, float below) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, _mm512_set1_ps(below), _CMP_GE_OQ), v); }
   static float hmax(T v) { return _mm512_reduce_max_ps(v); }
   static T pow2n(T n) {  // 2^n from the bits of n + 1.5·2^23 (kernels_impl.h's exp_v)
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_sub_epi32(_mm512_castps_si512(n), _mm512_set1_epi32(0x4B400000 - 127)), 23));

@@ -332,6 +332,13 @@ inline typename V::T exp_v(typename V::T x) {
   return V::mul(V::pow2n(n), p);
 }
 
+// Probabilities below this are written as 0. exp_v bottoms out at e^-80 (never a subnormal),
+// so a masked score's probability came out ~2e-37, not 0 as MLX's exp(-inf): times the values
+// in probs @ V, such products are subnormal, which x86 computes in microcode (a causal layer's
+// probs @ V took twice as long). Against the row's sum, 1, anything below 2^-64 is nothing in
+// float32.
+constexpr float kNegligible = 0x1p-64f;
+
 // Rows [r0, r1) of x (rows, S) -> softmax along each row into y: the row's max, e^(x - max)
 // with its sum, then a multiply by 1/sum; a row of S floats stays in L1 through the three passes.
 template <class V>
@@ -365,8 +372,8 @@ void softmax_rows_t(const float* x, int S, long r0, long r1, float* y) {
     }
     const float inv = 1.0f / sum;
     const T iv = V::bcast(inv);
-    for (int i = 0; i < body; i += L) V::store(yr + i, V::mul(V::load(yr + i), iv));
-    for (int i = body; i < S; ++i) yr[i] *= inv;
+    for (int i = 0; i < body; i += L) V::store(yr + i, V::flush(V::mul(V::load(yr + i), iv), kNegligible));
+    for (int i = body; i < S; ++i) yr[i] = yr[i] * inv < kNegligible ? 0.0f : yr[i] * inv;
   }
 }
 

@@ -20,6 +20,8 @@ struct V {
   static T div(T a, T b) { return a / b; }
   static T max(T a, T b) { return a > b ? a : b; }
   static T min(T a, T b) { return a < b ? a : b; }
+  // v, or 0 where v < below (softmax's negligible probabilities, kernels_impl.h)
+  static T flush(T v, float below) { return v < below ? 0.0f : v; }
   static float hmax(T v) { return v; }
   static T pow2n(T n) {  // 2^n from the bits of n + 1.5·2^23 (kernels_impl.h's exp_v)
     uint32_t bits;
