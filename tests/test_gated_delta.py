@@ -135,9 +135,9 @@ def layer_inputs(B, T, Hk, Hv, Dk, Dv, with_state):
     return q, k, v, g, beta, state
 
 
-# Each instruction set this CPU runs; Dk 40 and Dv 6 leave tails after the vectors and the
-# blocks of four rows; a batch of 2 with grouped key heads (Hv = 2 Hk) reads head h's keys at h // 2;
-# 130 tokens at the real head sizes cross the 16 KB blocks of state rows.
+# Each instruction set this CPU runs; Dv 6 and 12 fill part of a block of rows (2 vectors' worth,
+# the rest padded), Dk 40 and 8 are no multiple of a vector; a batch of 2 with grouped key heads
+# (Hv = 2 Hk) reads head h's keys at h // 2; 130 tokens at the real head sizes, several blocks.
 @pytest.mark.skipif(kernels.load() is None, reason="the CPU kernels are built on Linux only")
 @pytest.mark.parametrize("B,T,Hk,Hv,Dk,Dv", [(1, 1, 2, 4, 16, 16), (1, 130, 16, 16, 128, 128), (2, 37, 2, 4, 40, 6),
                                              (1, 5, 1, 3, 8, 12)])

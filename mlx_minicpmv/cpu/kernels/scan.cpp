@@ -10,8 +10,7 @@
 // the two cores (load average ~5), 107 s of a profiled 128 in this rule, against ~12 s idle.
 // Here a layer is one call, one fork and join on the pool.
 //
-// Per token, each row of the state (Dk floats) is decayed and dotted with k, then updated and
-// dotted with q, in two passes: s = g·s, kv = s·k, d = (v - kv)·beta, s += d·k, y = s·q.
+// Per token: s = g·s, kv = s·k, d = (v - kv)·beta, s += d·k, y = s·q (see scan_head).
 
 #include "scan.h"
 
@@ -23,6 +22,7 @@
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/primitives.h"
 #include "pool.h"
+#include "scratch.h"
 #include "state_primitive.h"
 
 namespace mx = mlx::core;
@@ -55,88 +55,69 @@ struct Vec<16> {
   typedef float type __attribute__((vector_size(64)));
 };
 
-// The sum of a vector's lanes as a tree of halves: a row's dot product ends in one, and a
-// chain of W scalar adds there took most of the time.
+// Each row of the state evolves on its own (its kv, d and y are its own), so a block of 2W rows
+// goes through all T tokens at once, vectorised across the rows: the state is held transposed,
+// sT[j][r] = s[r][j], so that a vector is one column's 2W rows and every dot product over j is a
+// chain of FMAs with k[j] or q[j] broadcast, with no sum across lanes (the row-wise form spent
+// most of its time in those sums: 48 cycles a row and token against ~16 here). One pass a token:
+// s = g·s + k⊗d, y = s·q, and already the next token's kv = s·k_next, so that with
+// kv = g·(s_old·k): d = (v - kv)·beta. Rows are padded to 2W with zero state and v (they stay 0).
 template <int W>
-static inline __attribute__((always_inline)) float lane_sum(typename Vec<W>::type x) {
-  if constexpr (W == 4) {
-    return (x[0] + x[2]) + (x[1] + x[3]);
-  } else {
-    typename Vec<W / 2>::type lo, hi;
-    std::memcpy(&lo, &x, sizeof lo);
-    std::memcpy(&hi, reinterpret_cast<const char*>(&x) + sizeof lo, sizeof hi);
-    return lane_sum<W / 2>(lo + hi);
-  }
-}
-
-// R rows of the state at once, their dot products' add chains interleaved.
-template <int W, int R>
-static inline __attribute__((always_inline)) void scan_rows(const Head& h, const float* q, const float* k, float g,
-                                                             float beta, const float* v, float* y, int i0) {
+static inline __attribute__((always_inline)) void scan_head(const Head& h) {
   using vec = typename Vec<W>::type;
+  constexpr int R = 2 * W;
+  const int Dk = h.Dk, Dv = h.Dv, T = h.T, Dvp = (Dv + R - 1) / R * R;
+  thread_local Scratch<float> state_buffer, v_buffer, y_buffer;
+  float* sT = state_buffer.get(static_cast<size_t>(Dk) * Dvp);
+  float* vp = v_buffer.get(static_cast<size_t>(T) * Dvp);
+  float* yp = y_buffer.get(static_cast<size_t>(T) * Dvp);
+  for (int j = 0; j < Dk; ++j) {
+    for (int r = 0; r < Dv; ++r) sT[static_cast<long>(j) * Dvp + r] = h.s[static_cast<long>(r) * Dk + j];
+    for (int r = Dv; r < Dvp; ++r) sT[static_cast<long>(j) * Dvp + r] = 0.0f;
+  }
+  for (int t = 0; t < T; ++t) {
+    std::memcpy(vp + static_cast<long>(t) * Dvp, h.v + t * h.v_step, sizeof(float) * Dv);
+    std::fill(vp + static_cast<long>(t) * Dvp + Dv, vp + static_cast<long>(t + 1) * Dvp, 0.0f);
+  }
   auto load = [](const float* p) {
     vec x;
     std::memcpy(&x, p, sizeof x);
     return x;
   };
   auto store = [](float* p, vec x) { std::memcpy(p, &x, sizeof x); };
-  const int body = h.Dk / W * W;
-  float* s[R];
-  for (int r = 0; r < R; ++r) s[r] = h.s + static_cast<long>(i0 + r) * h.Dk;
-  vec acc[R] = {};
-  for (int j = 0; j < body; j += W) {  // s = g·s, kv = s·k
-    const vec kj = load(k + j);
-    for (int r = 0; r < R; ++r) {
-      const vec x = load(s[r] + j) * g;
-      store(s[r] + j, x);
-      acc[r] += x * kj;
+  for (int r0 = 0; r0 < Dvp; r0 += R) {
+    vec kv0 = {}, kv1 = {};
+    for (int j = 0; j < Dk; ++j) {  // token 0's s·k
+      const float* col = sT + static_cast<long>(j) * Dvp + r0;
+      kv0 += load(col) * h.k[j];
+      kv1 += load(col + W) * h.k[j];
     }
-  }
-  float d[R];
-  for (int r = 0; r < R; ++r) {
-    float kv = lane_sum<W>(acc[r]);
-    for (int j = body; j < h.Dk; ++j) {
-      s[r][j] *= g;
-      kv += s[r][j] * k[j];
-    }
-    d[r] = (v[i0 + r] - kv) * beta;
-    acc[r] = vec{};
-  }
-  for (int j = 0; j < body; j += W) {  // s += d·k, y = s·q
-    const vec kj = load(k + j), qj = load(q + j);
-    for (int r = 0; r < R; ++r) {
-      const vec x = load(s[r] + j) + kj * d[r];
-      store(s[r] + j, x);
-      acc[r] += x * qj;
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    float yi = lane_sum<W>(acc[r]);
-    for (int j = body; j < h.Dk; ++j) {
-      s[r][j] += k[j] * d[r];
-      yi += s[r][j] * q[j];
-    }
-    y[i0 + r] = yi;
-  }
-}
-
-// Each row of the state evolves on its own (its kv, d and y are its own), so a block of rows
-// (16 KB) goes through all T tokens while it stays in L1; k and q are read once per block.
-template <int W>
-static inline __attribute__((always_inline)) void scan_head(const Head& h) {
-  constexpr int R = 4;
-  const int block = std::max(R, 4096 / std::max(h.Dk, 1) / R * R);
-  for (int b0 = 0; b0 < h.Dv; b0 += block) {
-    const int b1 = std::min(h.Dv, b0 + block);
-    for (int t = 0; t < h.T; ++t) {
-      const float *q = h.q + t * h.qk_step, *k = h.k + t * h.qk_step, *v = h.v + t * h.v_step;
+    for (int t = 0; t < T; ++t) {
+      const float *q = h.q + t * h.qk_step, *k = h.k + t * h.qk_step;
+      const float* k_next = t + 1 < T ? k + h.qk_step : k;
       const float g = h.g[t * h.gate_step], beta = h.beta[t * h.gate_step];
-      float* y = h.y + t * h.v_step;
-      int i = b0;
-      for (; i + R <= b1; i += R) scan_rows<W, R>(h, q, k, g, beta, v, y, i);
-      for (; i < b1; ++i) scan_rows<W, 1>(h, q, k, g, beta, v, y, i);
+      const float* v = vp + static_cast<long>(t) * Dvp + r0;
+      const vec d0 = (load(v) - kv0 * g) * beta, d1 = (load(v + W) - kv1 * g) * beta;
+      vec y0 = {}, y1 = {};
+      kv0 = vec{};
+      kv1 = vec{};
+      for (int j = 0; j < Dk; ++j) {
+        float* col = sT + static_cast<long>(j) * Dvp + r0;
+        const vec s0 = load(col) * g + d0 * k[j], s1 = load(col + W) * g + d1 * k[j];
+        store(col, s0);
+        store(col + W, s1);
+        y0 += s0 * q[j];
+        y1 += s1 * q[j];
+        kv0 += s0 * k_next[j];
+        kv1 += s1 * k_next[j];
+      }
+      store(yp + static_cast<long>(t) * Dvp + r0, y0);
+      store(yp + static_cast<long>(t) * Dvp + r0 + W, y1);
     }
   }
+  for (int t = 0; t < T; ++t) std::memcpy(h.y + t * h.v_step, yp + static_cast<long>(t) * Dvp, sizeof(float) * Dv);
+  for (int r = 0; r < Dv; ++r)
+    for (int j = 0; j < Dk; ++j) h.s[static_cast<long>(r) * Dk + j] = sT[static_cast<long>(j) * Dvp + r];
 }
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -149,7 +130,8 @@ using ScanFn = void (*)(const Head&);
 
 ScanFn scan_for(const Isa* isa) {
 #if defined(__x86_64__) || defined(__i386__)
-  if (std::strcmp(isa->name, "avx512") == 0) return scan_avx512;
+  // amx is AVX-512 with the tile GEMMs.
+  if (std::strcmp(isa->name, "avx512") == 0 || std::strcmp(isa->name, "amx") == 0) return scan_avx512;
   if (std::strcmp(isa->name, "avx2") == 0) return scan_avx2;
 #endif
   return scan_portable;
