@@ -165,6 +165,20 @@ def test_the_amx_quantized_gemm_over_blocks_of_k(ext, bits, group_size):
 
 
 @pytest.mark.parametrize("isa", isas())
+@pytest.mark.parametrize("S", [2, 9])  # fewer new rows than the state holds, and more
+def test_the_causal_conv_equals_mlx_ops(ext, isa, S):
+    """The DeltaNet prompt's conv with its SiLU: each output row reads its taps from the state
+    or the new rows, per sequence of a batch, with a tail of channels after the vectors."""
+    from mlx_minicpmv.cpu import fast_math
+    from mlx_minicpmv.cpu.language_layers import causal_conv
+
+    state, x = mx.random.normal((2, 3, 37), key=mx.random.key(41)), mx.random.normal((2, S, 37), key=mx.random.key(42))
+    weight = mx.random.normal((37, 4, 1), key=mx.random.key(43))  # the conv1d's own layout
+    want = fast_math.silu(causal_conv(mx.concatenate([state, x], axis=1), weight))
+    close(cpu_kernels.causal_conv_silu(state, x, weight[:, :, 0].T, isa=isa), want)
+
+
+@pytest.mark.parametrize("isa", isas())
 def test_softmax_writes_negligible_probabilities_as_zero(ext, isa):
     """Masked scores (-inf) get probability 0, as MLX's softmax gives them, and so does anything
     below 2^-64: the fast exp bottoms out at e^-80, and such probabilities times the values made

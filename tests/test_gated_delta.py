@@ -54,6 +54,39 @@ def test_decays_that_underflow_or_dwarf_the_rest():
     np.testing.assert_allclose(np.array(s), np.array(s_ref), atol=2e-5, rtol=0)
 
 
+@pytest.mark.skipif(kernels.load() is None, reason="the CPU kernels are built on Linux only")
+def test_a_prompt_in_chunks_through_the_conv_kernel_equals_the_portable_layer(monkeypatch):
+    """Chunks of a prompt through the CPU layer's conv kernel (every size goes to the kernels
+    here), the conv state carried between them, one chunk shorter than that state."""
+    from mlx_lm.models.cache import ArraysCache
+
+    from mlx_minicpmv.config import TextConfig
+    from mlx_minicpmv.cpu import fast_math
+    from mlx_minicpmv.cpu.language_layers import CpuGatedDeltaNet
+    from mlx_minicpmv.model.language import GatedDeltaNet
+
+    from tests.checkpoints import tiny_config
+
+    called = []
+    conv = kernels.causal_conv_silu
+    monkeypatch.setattr(fast_math, "KERNEL_SIZE", 1)
+    monkeypatch.setattr(kernels, "causal_conv_silu", lambda *a: called.append(a[1].shape) or conv(*a))
+    config = TextConfig.from_dict(tiny_config(64).text_config.to_dict())
+    mx.random.seed(2)
+    portable = GatedDeltaNet(config)
+    cpu = GatedDeltaNet(config)
+    cpu.update(portable.parameters())
+    cpu.__class__ = CpuGatedDeltaNet
+    portable.eval(), cpu.eval()
+    caches = ArraysCache(2), ArraysCache(2)
+    for T in (40, 2, 25):
+        x = mx.random.normal((1, T, config.hidden_size))
+        expected, got = np.array(portable(x, cache=caches[0])), np.array(cpu(x, cache=caches[1]))
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    np.testing.assert_allclose(np.array(caches[1][0]), np.array(caches[0][0]), rtol=0, atol=0)
+    assert [shape[1] for shape in called] == [40, 2, 25]
+
+
 @pytest.mark.parametrize("scale", [1, 100, 1e7])
 def test_cpu_deltanet_layer_equals_the_portable_one_at_any_scale(scale):
     """The CPU layer against the portable one on inputs up to 1e7 (what a fine-tuning run at lr 0.5

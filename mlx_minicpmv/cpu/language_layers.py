@@ -16,7 +16,7 @@ from mlx_lm.models.cache import KVCache
 from mlx_lm.models.gated_delta import normalize_qk
 
 from ..model.language import MLP, DecoderLayer, GatedAttention, GatedDeltaNet, RoPE
-from . import fast_math, norm_layers
+from . import fast_math, kernels, norm_layers
 from .gated_delta import gated_delta
 from .registry import replaces
 
@@ -130,16 +130,23 @@ class CpuGatedDeltaNet(GatedDeltaNet):
             conv_state = mx.zeros((B, self.conv_kernel_size - 1, self.conv_dim), dtype=inputs.dtype)
         if mask is not None:
             qkv = mx.where(mask[..., None], qkv, 0)
-        conv_input = mx.concatenate([conv_state, qkv], axis=1)
         n_keep = self.conv_kernel_size - 1
-        if lengths is not None:  # each sequence's state ends at its own length (batched decoding)
-            ends = mx.clip(lengths, 0, S)
-            conv_state = mx.take_along_axis(conv_input, (ends[:, None] + mx.arange(n_keep))[..., None], axis=1)
+        if lengths is None and not self.training and fast_math.fast(qkv) and fast_math.by_kernel(qkv):
+            # A prompt: the conv and its SiLU in one pass on every core, reading the state and
+            # the new rows where they are, without the concatenated copy (cpu/kernels/conv.cpp).
+            conv_out = kernels.causal_conv_silu(conv_state.astype(mx.float32), qkv, self.conv1d.weight[:, :, 0].T)
+            rows = qkv if S >= n_keep else mx.concatenate([conv_state, qkv], axis=1)
+            conv_state = mx.contiguous(rows[:, -n_keep:, :])
         else:
-            conv_state = mx.contiguous(conv_input[:, -n_keep:, :])
-        # in training MLX's own SiLU: the fast one's bit tricks have no gradient
-        silu = nn.silu if self.training else fast_math.silu
-        conv_out = silu(causal_conv(conv_input, self.conv1d.weight))
+            conv_input = mx.concatenate([conv_state, qkv], axis=1)
+            if lengths is not None:  # each sequence's state ends at its own length (batched decoding)
+                ends = mx.clip(lengths, 0, S)
+                conv_state = mx.take_along_axis(conv_input, (ends[:, None] + mx.arange(n_keep))[..., None], axis=1)
+            else:
+                conv_state = mx.contiguous(conv_input[:, -n_keep:, :])
+            # in training MLX's own SiLU: the fast one's bit tricks have no gradient
+            silu = nn.silu if self.training else fast_math.silu
+            conv_out = silu(causal_conv(conv_input, self.conv1d.weight))
         q, k, v = (
             t.reshape(B, S, h, d)
             for t, h, d in zip(

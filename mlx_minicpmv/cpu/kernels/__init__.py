@@ -25,7 +25,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SOURCES = ("CMakeLists.txt", "matmul.cpp", "amx.cpp", "delta.h", "delta.cpp", "scan.h", "scan.cpp",
-           "state_primitive.h", "softmax.h", "softmax.cpp", "activation.h", "activation.cpp", "norm.h", "norm.cpp",
+           "state_primitive.h", "softmax.h", "softmax.cpp", "activation.h", "activation.cpp", "conv.h", "conv.cpp", "norm.h", "norm.cpp",
            "bind.h", "pool.h", "pool.cpp", "scratch.h", "dispatch.cpp", "kernels.h", "kernels_impl.h", "kernels_scalar.cpp",
            "kernels_avx2.cpp", "kernels_avx512.cpp")
 BITS = (4, 8)
@@ -118,6 +118,12 @@ def swiglu(gate, x, isa: str = None):
     return _module.swiglu(gate, x, _isa if isa is None else isa)
 
 
+def causal_conv_silu(state, x, w, isa: str = None):
+    """``silu`` (``fast_math``'s) of the depthwise causal conv over [state; x]: state (B, K-1, C),
+    x (B, S, C), w (K, C) the conv weight transposed, all float32 -> (B, S, C); needs ``load()``."""
+    return _module.causal_conv_silu(state, x, w, _isa if isa is None else isa)
+
+
 def layer_norm(x, weight, bias, eps: float, isa: str = None):
     """``mx.fast.layer_norm`` for float32 x, weight and bias (or None); needs ``load()``."""
     return _module.norm(x, weight, bias, eps, False, _isa if isa is None else isa)
@@ -160,6 +166,7 @@ def _self_test(module) -> None:
         checks.append((module.norm(scores, scale, shift, 1e-6, False, _isa), mx.fast.layer_norm(scores, scale, shift, 1e-6), "LayerNorm"))
         checks.append((module.norm(scores, scale, None, 1e-6, True, _isa), mx.fast.rms_norm(scores, scale, 1e-6), "RMSNorm"))
         checks.append((module.swiglu(scores, scores[::-1], _isa), nn.silu(scores) * scores[::-1], "SwiGLU"))
+        checks.append((*_conv_check(module, rows), "the causal conv"))
         for got, want, what in checks:
             if not mx.allclose(got, want, rtol=1e-4, atol=1e-4).item():
                 raise RuntimeError(f"the {isa_name(module)} kernels disagree with MLX ({what}, {rows} rows)")
@@ -181,13 +188,26 @@ def _delta_checks(module, batch):
     return mx.concatenate([y.flatten(), s.flatten()]), mx.concatenate([want_y.flatten(), want_s.flatten()])
 
 
+def _conv_check(module, batch):
+    """The causal conv with its SiLU and MLX's ops: (ours, theirs)."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    key = mx.random.split(mx.random.key(batch), 3)
+    state, x = mx.random.normal((batch, 3, 37), key=key[0]), mx.random.normal((batch, 5, 37), key=key[1])
+    w = mx.random.normal((4, 37), key=key[2])  # 37 channels: a tail after the vectors
+    rows = mx.concatenate([state, x], axis=1)
+    want = nn.silu(sum(rows[:, k : k + 5] * w[k] for k in range(4)))
+    return module.causal_conv_silu(state, x, w, _isa), want
+
+
 def _scan_check(module, batch):
     """The delta rule's scan and mlx-lm's ops on random inputs: (ours, theirs), y and state joined."""
     import mlx.core as mx
     from mlx_lm.models.gated_delta import gated_delta_ops
 
     key = mx.random.split(mx.random.key(batch), 6)
-    T, Hk, Hv, Dk, Dv = 3, 1, 2, 40, 6  # Dk with a tail after the vectors, Dv with rows after the blocks of 4
+    T, Hk, Hv, Dk, Dv = 3, 1, 2, 40, 6  # Dk with a tail after the vectors, Dv part of a block of rows
     q, k = (mx.random.normal((batch, T, Hk, Dk), key=key[i]) * 0.2 for i in range(2))
     v = mx.random.normal((batch, T, Hv, Dv), key=key[2])
     g, beta = (mx.random.uniform(shape=(batch, T, Hv), key=key[i]) for i in (3, 4))

@@ -55,6 +55,9 @@ struct Isa {
   void (*softmax)(const float* x, int S, long r0, long r1, float* y);
   // y[i] = act(a[i], b[i]) for i in [i0, i1), with fast_math.py's exp; b nullptr for one input.
   void (*activation)(Act act, const float* a, const float* b, long i0, long i1, float* y);
+  // One output row of a depthwise causal conv with its SiLU: y[c] = silu(Σ_k w[k·C + c]·rows[k][c])
+  // for c in [0, C), the K taps summed in order (conv.cpp).
+  void (*conv_silu)(const float* const* rows, const float* w, int K, int C, float* y);
   // Rows [r0, r1) of x (rows, D) -> LayerNorm (rms false) or RMSNorm (rms true) with weight w
   // and bias b (D floats each, or nullptr).
   void (*norm)(const float* x, const float* w, const float* b, float eps, bool rms, int D, long r0, long r1, float* y);

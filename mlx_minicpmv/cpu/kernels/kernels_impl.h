@@ -410,6 +410,27 @@ void activation_t(Act act, const float* a, const float* b, long i0, long i1, flo
   }
 }
 
+template <class V>
+void conv_silu_t(const float* const* rows, const float* w, int K, int C, float* y) {
+  constexpr int L = V::L;
+  int c = 0;
+  for (; c + L <= C; c += L) {
+    typename V::T acc = V::mul(V::load(rows[0] + c), V::load(w + c));
+    for (int k = 1; k < K; ++k) acc = V::fma(V::load(rows[k] + c), V::load(w + static_cast<long>(k) * C + c), acc);
+    V::store(y + c, act_v<V>(Act::silu, acc, V::zero()));
+  }
+  if (c < C) {  // the tail through one more vector, padded with zeros
+    float pa[L] = {};
+    for (int j = c; j < C; ++j) {
+      float acc = rows[0][j] * w[j];
+      for (int k = 1; k < K; ++k) acc = __builtin_fmaf(rows[k][j], w[static_cast<long>(k) * C + j], acc);
+      pa[j - c] = acc;
+    }
+    V::store(pa, act_v<V>(Act::silu, V::load(pa), V::zero()));
+    for (int j = c; j < C; ++j) y[j] = pa[j - c];
+  }
+}
+
 // Rows [r0, r1) of x (rows, D) normalised into y: LayerNorm (x - mean)·rsqrt(var + eps)·w + b
 // with the variance of x - mean (two passes, as MLX's), or RMSNorm x·rsqrt(mean(x²) + eps)·w;
 // w and b may be null (then 1 and 0).
@@ -490,6 +511,7 @@ Isa make_isa(const char* name) {
       delta_step_t<V>,
       softmax_rows_t<V>,
       activation_t<V>,
+      conv_silu_t<V>,
       norm_rows_t<V>,
   };
 }

@@ -23,6 +23,7 @@
 
 #include "activation.h"
 #include "bind.h"
+#include "conv.h"
 #include "delta.h"
 #include "norm.h"
 #include "kernels.h"
@@ -300,6 +301,12 @@ NB_MODULE(_cpu_kernels, m) {
   m.def("swiglu",
         [](const mx::array& gate, const mx::array& x, const std::string& isa) { return cpuk::swiglu(gate, x, isa_or_best(isa)); },
         nb::arg("gate"), nb::arg("x"), nb::arg("isa") = "", "silu(gate) * x for float32 arrays of one shape, on the CPU stream.");
+  m.def("causal_conv_silu",
+        [](const mx::array& state, const mx::array& x, const mx::array& w, const std::string& isa) {
+          return cpuk::causal_conv_silu(state, x, w, isa_or_best(isa));
+        },
+        nb::arg("state"), nb::arg("x"), nb::arg("w"), nb::arg("isa") = "",
+        "silu of the depthwise causal conv of [state; x] (B, K - 1 + S, C) with w (K, C): (B, S, C).");
   m.def("norm",
         [](const mx::array& x, const std::optional<mx::array>& weight, const std::optional<mx::array>& bias, float eps,
            bool rms, const std::string& isa) { return cpuk::norm(x, weight, bias, eps, rms, isa_or_best(isa)); },
