@@ -70,32 +70,68 @@ inline __m512 widen(__m256bh h) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)h), 16));
 }
 
-// Rows [m0, m0 + rows) of x (row stride ld, K columns from x on) into its pieces, each (blocks of
-// 16 rows, Kp/32 chunks, 16 pairs, 16 rows) as uint32 pairs; rows past M and k past K are zero.
+// The 16 x 16 transpose of 32-bit words: out[p] holds word p of every row, in[r] (unpacks of
+// pairs, then of quads, then 128-bit lanes twice).
+inline void transpose16(const __m512i* in, __m512i* out) {
+  __m512i a[16], b[16];
+  for (int i = 0; i < 16; i += 2) {
+    a[i] = _mm512_unpacklo_epi32(in[i], in[i + 1]);
+    a[i + 1] = _mm512_unpackhi_epi32(in[i], in[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    b[i] = _mm512_unpacklo_epi64(a[i], a[i + 2]);
+    b[i + 1] = _mm512_unpackhi_epi64(a[i], a[i + 2]);
+    b[i + 2] = _mm512_unpacklo_epi64(a[i + 1], a[i + 3]);
+    b[i + 3] = _mm512_unpackhi_epi64(a[i + 1], a[i + 3]);
+  }
+  for (int i = 0; i < 4; ++i) {  // 128-bit lane l of b[4j + i] holds words 4l + i.. of rows 4j..4j + 3
+    a[i] = _mm512_shuffle_i32x4(b[i], b[i + 4], 0x88);
+    a[i + 4] = _mm512_shuffle_i32x4(b[i], b[i + 4], 0xDD);
+    a[i + 8] = _mm512_shuffle_i32x4(b[i + 8], b[i + 12], 0x88);
+    a[i + 12] = _mm512_shuffle_i32x4(b[i + 8], b[i + 12], 0xDD);
+  }
+  for (int i = 0; i < 4; ++i) {
+    out[i] = _mm512_shuffle_i32x4(a[i], a[i + 8], 0x88);
+    out[i + 8] = _mm512_shuffle_i32x4(a[i], a[i + 8], 0xDD);
+    out[i + 4] = _mm512_shuffle_i32x4(a[i + 4], a[i + 12], 0x88);
+    out[i + 12] = _mm512_shuffle_i32x4(a[i + 4], a[i + 12], 0xDD);
+  }
+}
+
+// Rows [m0, m0 + rows) of x (row stride ld, K columns from x on; rows a multiple of 16) into its
+// pieces, each (blocks of 16 rows, Kp/32 chunks, 16 pairs, 16 rows) as uint32 pairs; rows past
+// M and k past K are zero. A row's 32 floats of a chunk round to 16 bf16 pairs in one vector, so
+// a chunk of 16 rows is a 16 x 16 transpose of words (storing them one by one to their places,
+// 64 bytes apart, took a GEMM at M = 512, K = 1024 ~1 ms before its first product).
 void pack_x(const float* x, long ld, int M, int K, int Kp, int m0, int rows, uint32_t* const* pieces) {
   const int chunks = Kp / 32;
-  std::vector<uint16_t> bits(static_cast<size_t>(kPieces) * Kp);
-  for (int r = 0; r < rows; ++r) {
-    std::fill(bits.begin(), bits.end(), 0);
-    if (m0 + r < M) {
-      const float* row = x + (m0 + r) * ld;
-      for (int k = 0; k < K; k += 16) {
-        const int n = std::min(16, K - k);
-        __m512 v = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), row + k);
+  for (int r0 = 0; r0 < rows; r0 += 16) {
+    const long block = static_cast<long>(r0 / 16) * chunks * 256;
+    for (int c = 0; c < chunks; ++c) {
+      const int k = 32 * c, n = std::max(0, std::min(32, K - k));
+      const __mmask16 lo = static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << n) - 1);
+      const __mmask16 hi = static_cast<__mmask16>(n >= 32 ? 0xFFFF : n > 16 ? (1u << (n - 16)) - 1 : 0);
+      __m512i words[kPieces][16];
+      for (int r = 0; r < 16; ++r) {
+        __m512 a = _mm512_setzero_ps(), b = _mm512_setzero_ps();
+        if (m0 + r0 + r < M) {
+          const float* row = x + (m0 + r0 + r) * ld + k;
+          a = _mm512_maskz_loadu_ps(lo, row);
+          b = _mm512_maskz_loadu_ps(hi, row + 16);
+        }
         for (int i = 0; i < kPieces; ++i) {  // each piece the rounding of what the ones before left
-          const __m256bh p = _mm512_cvtneps_pbh(v);
-          v = _mm512_sub_ps(v, widen(p));
-          alignas(32) uint16_t t[16];
-          _mm256_store_si256(reinterpret_cast<__m256i*>(t), (__m256i)p);
-          std::memcpy(&bits[static_cast<size_t>(i) * Kp + k], t, sizeof(uint16_t) * n);
+          const __m512bh p = _mm512_cvtne2ps_pbh(b, a);  // bf16 of a in the low half, of b in the high
+          words[i][r] = (__m512i)p;
+          a = _mm512_sub_ps(a, widen((__m256bh)_mm512_castsi512_si256((__m512i)p)));
+          b = _mm512_sub_ps(b, widen((__m256bh)_mm512_extracti64x4_epi64((__m512i)p, 1)));
         }
       }
-    }
-    const long block = static_cast<long>(r / 16) * chunks * 256;
-    for (int i = 0; i < kPieces; ++i) {
-      const uint32_t* p32 = reinterpret_cast<const uint32_t*>(&bits[static_cast<size_t>(i) * Kp]);
-      for (int c = 0; c < chunks; ++c)
-        for (int p = 0; p < 16; ++p) pieces[i][block + c * 256 + p * 16 + r % 16] = p32[c * 16 + p];
+      for (int i = 0; i < kPieces; ++i) {
+        __m512i t[16];
+        transpose16(words[i], t);
+        uint32_t* out = pieces[i] + block + c * 256;
+        for (int p = 0; p < 16; ++p) _mm512_store_si512(out + 16 * p, t[p]);
+      }
     }
   }
 }
