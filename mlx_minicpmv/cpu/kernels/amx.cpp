@@ -30,7 +30,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <vector>
 
 #include "kernels.h"
 #include "pool.h"
