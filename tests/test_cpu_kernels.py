@@ -350,6 +350,46 @@ def test_load_keeps_the_stored_weights_with_the_same_logits_and_tokens(ext, conv
     assert greedy[0] == greedy[1]
 
 
+@pytest.mark.parametrize("variant", ["float32"] + list(VARIANTS))
+def test_a_deltanet_layer_decodes_in_one_kernel_as_in_its_ops(ext, tiny, converted, variant, monkeypatch):
+    """A decoded token through each DeltaNet layer as one primitive (kernels.deltanet_decode):
+    the output, conv state and state of the layer's compiled ops, for every kind of stored
+    projection (tiny: 4 value heads on 2 key heads); generation goes through it; a projection it
+    cannot read (a LoRA adapter) takes the ops."""
+    from mlx_lm.tuner.lora import LoRALinear
+
+    model, _ = tiny.load() if variant == "float32" else load(converted[variant])
+    lm = model.language_model
+    cache = lm.make_cache()
+    mx.eval(lm(lm.embed_tokens(mx.array([list(range(20, 37))])), cache=cache))
+    x = mx.random.normal((1, 1, lm.layers[0].input_layernorm.weight.size), key=mx.random.key(3))
+    fused_layers = 0
+    for i, layer in enumerate(lm.layers):
+        if not layer.is_linear:
+            continue
+        fused = layer.fused_step(x, cache[i][0], cache[i][1])
+        assert fused is not None and fused[0].shape == x.shape
+        for got, want in zip(fused, layer.decode_step(x, cache[i][0], cache[i][1])):
+            close(got, want)
+        fused_layers += 1
+    assert fused_layers == 3
+
+    calls = []
+    real = cpu_kernels.deltanet_decode
+    monkeypatch.setattr(cpu_kernels, "deltanet_decode", lambda *a: calls.append(1) or real(*a))
+    cache = lm.make_cache()
+    lm(lm.embed_tokens(mx.array([[20, 21]])), cache=cache)
+    mx.eval(lm(lm.embed_tokens(mx.array([[22]])), cache=cache))
+    assert len(calls) == fused_layers
+    mlp = lm.layers[0].mlp
+    base = mlp.up_proj
+    mlp.up_proj = LoRALinear.from_base(base, r=4)
+    try:
+        assert lm.layers[0].fused_step(x, cache[0][0], cache[0][1]) is None
+    finally:
+        mlp.up_proj = base  # tiny.load()'s model is shared by the session
+
+
 def test_weights_stay_small(ext, converted):
     """Resident weights: the stored bytes (plus fp32 for the small rest), not fp32 everywhere."""
     def nbytes(model):

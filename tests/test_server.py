@@ -267,11 +267,12 @@ def test_disconnect_frees_the_slot(tiny, files):
             lines = r.iter_lines()
             for _ in range(6):
                 next(lines)
-        # Not streamed: the client gives up waiting.
+        # Not streamed: the client gives up waiting, long before its 3000 tokens (the tiny model
+        # decodes ~1000 a second on the CPU path).
         with pytest.raises(httpx.ReadTimeout):
-            httpx.post(url + "/v1/chat/completions", json=dict(body, stream=False), timeout=1.0)
+            httpx.post(url + "/v1/chat/completions", json=dict(body, stream=False), timeout=0.5)
         assert wait_idle(scheduler, 30)
-        assert scheduler.stats().tokens < 1000 and scheduler.served == 0
+        assert scheduler.stats().tokens < 2000 and scheduler.served == 0
         r = httpx.post(url + "/v1/chat/completions", json=dict(body, stream=False, max_tokens=4), timeout=60)
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 4
 

@@ -10,6 +10,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from . import kernels
+from .gemv_layers import GemvLinear
 from .kernels import half_matmul, quantized_matmul, supports_quantized
 from .registry import replaces
 
@@ -74,3 +75,18 @@ class KernelHalfEmbedding(nn.Embedding):
 
 
 KERNEL_LAYERS = (KernelQuantizedLinear, KernelHalfLinear, KernelQuantizedEmbedding, KernelHalfEmbedding)
+
+
+def projection(layer: nn.Module):
+    """``((bits, group), weights)`` for a kernel's own product with ``layer`` (``kernels.deltanet_decode``):
+    4 or 8 with weight, scales and biases, 16 with a bf16/fp16 weight, 32 with an fp32 one; None
+    for anything else (a bias, a LoRA adapter, another mode), which then runs as a layer."""
+    if "bias" in layer:
+        return None
+    if type(layer) is KernelQuantizedLinear:
+        return (layer.bits, layer.group_size), [layer["weight"], layer["scales"], layer["biases"]]
+    if type(layer) is KernelHalfLinear:
+        return (16, 0), [layer["weight"]]
+    if type(layer) in (nn.Linear, GemvLinear) and layer["weight"].dtype == mx.float32:
+        return (32, 0), [layer["weight"]]
+    return None

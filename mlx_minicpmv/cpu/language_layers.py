@@ -18,6 +18,7 @@ from mlx_lm.models.gated_delta import normalize_qk
 from ..model.language import MLP, DecoderLayer, GatedAttention, GatedDeltaNet, RoPE
 from . import fast_math, kernels, norm_layers
 from .gated_delta import gated_delta
+from .kernel_layers import projection
 from .registry import replaces
 
 
@@ -178,7 +179,7 @@ class CpuDecoderLayer(DecoderLayer):
 
     def __call__(self, x: mx.array, mask=None, cache=None) -> mx.array:
         if self.compiles(x, mask, cache):
-            out, cache[0], cache[1] = self.decode_step(x, cache[0], cache[1])
+            out, cache[0], cache[1] = self.fused_step(x, cache[0], cache[1]) or self.decode_step(x, cache[0], cache[1])
             cache.advance(1)
             return out
         if self.compiles_attention(x, mask, cache):
@@ -192,6 +193,31 @@ class CpuDecoderLayer(DecoderLayer):
         return (self.is_linear and x.shape[1] == 1 and mask is None and cache is not None and cache[1] is not None
                 and isinstance(self.linear_attn, CpuGatedDeltaNet) and self.linear_attn.sharding_group is None
                 and not self.training)
+
+    def fused_step(self, x, conv_state, state):
+        """One sequence's token through ``kernels.deltanet_decode``, the whole layer as one
+        primitive (MLX's ~6 us an op made ~90 ops cost more than the layer's 4-bit matmuls), or
+        None where it does not apply: a projection that is not a plain layer of stored weights
+        (a LoRA adapter, a bias), a batch, or activations not in float32."""
+        attn, mlp = self.linear_attn, self.mlp
+        if x.shape[0] != 1 or type(mlp) is not CpuMLP or not all(
+                a.dtype == mx.float32 for a in (x, conv_state, state, attn.A_log, attn.dt_bias, attn.conv1d.weight)):
+            return None
+        projections = [projection(p) for p in (attn.in_proj_qkv, attn.in_proj_z, attn.in_proj_b, attn.in_proj_a,
+                                               attn.out_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)]
+        if any(p is None for p in projections):
+            return None
+        norms = (self.input_layernorm, self.post_attention_layernorm, attn.norm)
+        if any(n["weight"].dtype != mx.float32 for n in norms) or self.input_layernorm.eps != self.post_attention_layernorm.eps:
+            return None
+        arrays = [x, conv_state, state, self.input_layernorm["weight"], self.post_attention_layernorm["weight"],
+                  attn.conv1d.weight, attn.A_log, attn.dt_bias, attn.norm["weight"]]
+        for _, weights in projections:
+            arrays += weights
+        dims = [x.shape[-1], projections[5][1][0].shape[0], attn.num_k_heads,
+                attn.num_v_heads, attn.head_k_dim, attn.head_v_dim, attn.conv_kernel_size]
+        eps = [self.input_layernorm.eps, attn.norm.eps, 1e-6]
+        return kernels.deltanet_decode(arrays, [kind for kind, _ in projections], dims, eps)
 
     def compiles_attention(self, x, mask, cache) -> bool:
         """One token of one sequence through mlx-lm's plain KV cache (4.7's canvas positions and

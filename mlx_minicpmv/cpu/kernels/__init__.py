@@ -14,8 +14,10 @@ arrays on the kernels' thread pool, with the same formulas as the MLX ops they r
 The extension is built on first use like the GEMV one (``mlx_minicpmv/cpu/gemv/build.py``) and
 checked against MLX's own matmuls at load (``_self_test``); where it cannot be built or
 disagrees, ``load()`` warns once and returns None, and callers widen to fp32 as before.
-``MLX_MINICPMV_KERNEL_ISA`` picks the instruction set (``amx``: AVX-512 with the AMX bf16 GEMM,
+``MLX_MINICPMV_KERNEL_ISA`` picks the instruction set (``amx``: ``avx512vnni`` with the AMX GEMMs;
+``avx512vnni``: AVX-512 with the quantised GEMV in VNNI's integer dot products, ``vnni.cpp``;
 ``avx512``, ``avx2``, ``scalar``; default: the best this CPU runs) or turns the kernels ``off``.
+A decoded token's DeltaNet layer runs as one primitive of these kernels (``decode_layer.cpp``).
 """
 
 import os
@@ -24,10 +26,10 @@ import warnings
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ("CMakeLists.txt", "matmul.cpp", "amx.cpp", "delta.h", "delta.cpp", "scan.h", "scan.cpp",
+SOURCES = ("CMakeLists.txt", "matmul.cpp", "linear.h", "decode_layer.h", "decode_layer.cpp", "amx.cpp", "delta.h", "delta.cpp", "scan.h", "scan.cpp",
            "state_primitive.h", "softmax.h", "softmax.cpp", "activation.h", "activation.cpp", "conv.h", "conv.cpp", "norm.h", "norm.cpp",
            "bind.h", "pool.h", "pool.cpp", "scratch.h", "dispatch.cpp", "kernels.h", "kernels_impl.h", "kernels_scalar.cpp",
-           "kernels_avx2.cpp", "kernels_avx512.cpp")
+           "kernels_avx2.cpp", "kernels_avx512.cpp", "avx512_vector.h", "vnni.cpp")
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)
 MAX_ROWS = 8  # rows_matmul's rows at once (kMaxRows in kernels.h); more run as passes of 8
@@ -101,6 +103,17 @@ def gated_delta_scan(q, k, v, g, beta, state, isa: str = None):
     g and beta (B, T, Hv), state (B, Hv, Dv, Dk), all float32 (mlx-lm's ``gated_delta_ops`` with
     scalar gating and no mask, Hv a multiple of Hk); needs ``load()``."""
     return _module.gated_delta_scan(q, k, v, g, beta, state, _isa if isa is None else isa)
+
+
+def deltanet_decode(arrays, kinds, dims, eps, isa: str = None):
+    """One token of one sequence through a whole DeltaNet decoder layer, ``(out, conv_state,
+    state)``, in one primitive (``decode_layer.cpp``: MLX's per-op cost was most of the layer):
+    arrays = x, conv state, state, the two layer norms' weights, conv1d weight, A_log, dt_bias,
+    the gated norm's weight, then the eight projections' weights (qkv, z, b, a, out, gate, up,
+    down) with kinds their ``(bits, group)`` (``kernel_layers.projection``); dims (hidden,
+    intermediate, k_heads, v_heads, k_dim, v_dim, conv_kernel); eps (layer norms, gated norm,
+    q/k L2 norm); needs ``load()``."""
+    return _module.deltanet_decode(arrays, kinds, dims, eps, _isa if isa is None else isa)
 
 
 def softmax(x, isa: str = None):

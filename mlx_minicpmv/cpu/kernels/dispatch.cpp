@@ -1,6 +1,6 @@
 // Which kernels run: the best instruction set that the CPU and the OS support (libgcc's
 // __builtin_cpu_supports checks both: CPUID bits and the XSAVE state the OS enables), or the
-// one named by MLX_MINICPMV_KERNEL_ISA (scalar, avx2, avx512) for tests and comparisons.
+// one named by MLX_MINICPMV_KERNEL_ISA (scalar, avx2, avx512, avx512vnni, amx) for tests and comparisons.
 
 #include <cstring>
 #include <initializer_list>
@@ -44,8 +44,12 @@ bool runs(const char* name) {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   if (std::strcmp(name, "avx512") == 0)
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#ifdef CPUK_HAVE_VNNI
+  if (std::strcmp(name, "avx512vnni") == 0)
+    return runs("avx512") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
+#endif
 #ifdef CPUK_HAVE_AMX
-  if (std::strcmp(name, "amx") == 0) return runs("avx512") && amx_runs();
+  if (std::strcmp(name, "amx") == 0) return runs("avx512vnni") && amx_runs();
 #endif
 #endif
   return false;
@@ -58,6 +62,9 @@ const Isa* isa_named(const char* name) {
 #ifdef CPUK_HAVE_AMX
   if (std::strcmp(name, "amx") == 0) return &amx_isa();
 #endif
+#ifdef CPUK_HAVE_VNNI
+  if (std::strcmp(name, "avx512vnni") == 0) return &avx512vnni_isa();
+#endif
   if (std::strcmp(name, "avx512") == 0) return &avx512_isa();
   if (std::strcmp(name, "avx2") == 0) return &avx2_isa();
 #endif
@@ -65,7 +72,7 @@ const Isa* isa_named(const char* name) {
 }
 
 const Isa* best_isa() {
-  for (const char* name : {"amx", "avx512", "avx2"}) {
+  for (const char* name : {"amx", "avx512vnni", "avx512", "avx2"}) {
     if (const Isa* isa = isa_named(name)) return isa;
   }
   return &scalar_isa();

@@ -67,14 +67,29 @@ struct Isa {
   // y (M, N) = x (M, K; not in the nibble order) @ dequantised W.T, many rows at once; nullptr where
   // the set has none (the GEMM then dequantises tiles of W for sgemm).
   void (*quantized_gemm)(const Quantized& q, const float* x, int M, int N, float* y) = nullptr;
+  // Where the CPU has AVX-512 VNNI (vnni.cpp; nullptr elsewhere), the quantised GEMV in integer dot
+  // products: x_digits turns a row of x (K values, as they are) into digit_bytes(K, bits) bytes of
+  // digits, K / group scales and the K / group sums of x, once for all threads; qgemv_digits is
+  // then qgemv, x read as those.
+  void (*x_digits)(const float* x, int K, int group, int bits, int8_t* digits, float* xscale, float* xsum) = nullptr;
+  void (*qgemv_digits)(const Quantized& q, const int8_t* digits, const float* xscale, const float* xsum, int n0,
+                       int n1, float* y) = nullptr;
 };
+
+// Bytes of x_digits' output for a row of K values: three for each value, in whole 64-byte blocks
+// of weights (128 values at 4 bits, 64 at 8).
+inline long digit_bytes(int K, int bits) {
+  const int block = bits == 4 ? 128 : 64;
+  return static_cast<long>((K + block - 1) / block) * block * 3;
+}
 
 constexpr int kMaxRows = 8;  // the most rows of x fgemv takes at once
 
 const Isa& scalar_isa();
 const Isa& avx2_isa();
 const Isa& avx512_isa();
-const Isa& amx_isa();  // AVX-512 with the AMX bf16 GEMM (amx.cpp), where the compiler has AMX
+const Isa& avx512vnni_isa();  // AVX-512 with the VNNI quantised GEMV (vnni.cpp), where the compiler has VNNI
+const Isa& amx_isa();  // that with the AMX GEMMs (amx.cpp), where the compiler has AMX
 void amx_bf16_gemm(const uint16_t* w, int K, const float* x, int M, int N, float* y);
 void amx_quantized_gemm(const Quantized& q, const float* x, int M, int N, float* y);
 

@@ -10,7 +10,8 @@
 // group, and quantise the activations to int8 first, which would break the 1e-4 agreement
 // with MLX's own quantised matmul that keeps activations in float. So the weights are widened
 // here, in registers (GEMV) or one tile at a time (GEMM, then OpenBLAS's sgemm), and every
-// product and sum is fp32 as in MLX.
+// product and sum is fp32 as in MLX. (Where the CPU has VNNI, vnni.cpp's GEMV takes x as three
+// int8 digits, 24 bits, and replaces qgemv.)
 
 #pragma once
 

@@ -24,9 +24,11 @@
 #include "activation.h"
 #include "bind.h"
 #include "conv.h"
+#include "decode_layer.h"
 #include "delta.h"
 #include "norm.h"
 #include "kernels.h"
+#include "linear.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/ops.h"
 #include "mlx/primitives.h"
@@ -103,12 +105,32 @@ void gemm_tiles(const float* x, int M, int K, int N, float* y, Widen widen) {
   }
 }
 
-// y = x @ W.T for quantised W: inputs x, w, scales, biases.
-void run_quantized(const Isa& isa, int group, int bits, const std::vector<mx::array>& in, const float* x, int M, int K,
-                   int N, float* y) {
-  const cpuk::Quantized q{in[1].data<uint32_t>(), in[2].data<void>(), in[3].data<void>(), float_of(in[2].dtype()),
+// The rows of x as GEMVs in integer dot products (vnni.cpp): each row's digits and group sums
+// made once, then its output split over the pool.
+void gemv_digits(const Isa& isa, const cpuk::Quantized& q, const float* x, int M, int N, float* y) {
+  const int K = q.K, G = K / q.group;
+  thread_local cpuk::Scratch<int8_t> digits;
+  thread_local cpuk::Scratch<float> sums;
+  int8_t* d = digits.get(static_cast<size_t>(cpuk::digit_bytes(K, q.bits)));
+  float* xscale = sums.get(2 * static_cast<size_t>(G));
+  float* xsum = xscale + G;
+  for (int m = 0; m < M; ++m) {
+    const float* xm = x + static_cast<long>(m) * K;
+    isa.x_digits(xm, K, q.group, q.bits, d, xscale, xsum);
+    float* ym = y + static_cast<long>(m) * N;
+    cpuk::Pool::get().parallel_for(N, 16, [&](long b, long e) {
+      isa.qgemv_digits(q, d, xscale, xsum, static_cast<int>(b), static_cast<int>(e), ym + b);
+    });
+  }
+}
+
+// y = x @ W.T for quantised W: in = w, scales, biases.
+void run_quantized(const Isa& isa, int group, int bits, const mx::array* in, const float* x, int M, int K, int N,
+                   float* y) {
+  const cpuk::Quantized q{in[0].data<uint32_t>(), in[1].data<void>(), in[2].data<void>(), float_of(in[1].dtype()),
                           K, group, bits};
   if (M >= kGemvRows && isa.quantized_gemm != nullptr) return isa.quantized_gemm(q, x, M, N, y);
+  if (M < kGemvRows && isa.qgemv_digits != nullptr) return gemv_digits(isa, q, x, M, N, y);
   thread_local cpuk::Scratch<float> permuted;
   if (bits == 4) {  // the nibble order, once for all rows
     float* xp = permuted.get(static_cast<size_t>(M) * K);
@@ -130,10 +152,10 @@ void run_quantized(const Isa& isa, int group, int bits, const std::vector<mx::ar
   }
 }
 
-// y = x @ W.T for bf16 or fp16 W: inputs x, w.
-void run_half(const Isa& isa, const std::vector<mx::array>& in, const float* x, int M, int K, int N, float* y) {
-  const uint16_t* w = in[1].data<uint16_t>();
-  const Float dtype = float_of(in[1].dtype());
+// y = x @ W.T for bf16 or fp16 W: in = w.
+void run_half(const Isa& isa, const mx::array* in, const float* x, int M, int K, int N, float* y) {
+  const uint16_t* w = in[0].data<uint16_t>();
+  const Float dtype = float_of(in[0].dtype());
   if (M >= kGemvRows) {
     if (isa.bf16_gemm != nullptr && dtype == Float::bf16) return isa.bf16_gemm(w, K, x, M, N, y);
     return gemm_tiles(x, M, K, N, y, [&](int n0, int n1, float* tile) { isa.hwiden(w, dtype, K, n0, n1, tile); });
@@ -141,11 +163,11 @@ void run_half(const Isa& isa, const std::vector<mx::array>& in, const float* x, 
   gemv_rows(x, M, K, N, y, [&](const float* xm, int n0, int n1, float* ym) { isa.hgemv(w, dtype, K, xm, n0, n1, ym); });
 }
 
-// y = x @ W.T for fp32 W (inputs x, w) and a few rows of x: the rows together over the pool,
+// y = x @ W.T for fp32 W (in = w) and a few rows of x: the rows together over the pool,
 // each weight read once. MLX's own matmul is a GEMM that packs the weights first, which for
 // 2-8 rows costs about what it does for 500 (a batch's decode step paid it in every layer).
-void run_float(const Isa& isa, const std::vector<mx::array>& in, const float* x, int M, int K, int N, float* y) {
-  const float* w = in[1].data<float>();
+void run_float(const Isa& isa, const mx::array* in, const float* x, int M, int K, int N, float* y) {
+  const float* w = in[0].data<float>();
   for (int m0 = 0; m0 < M; m0 += cpuk::kMaxRows) {
     const int rows = std::min(cpuk::kMaxRows, M - m0);
     const float* xm = x + static_cast<long>(m0) * K;
@@ -155,6 +177,17 @@ void run_float(const Isa& isa, const std::vector<mx::array>& in, const float* x,
     });
   }
 }
+
+}  // namespace
+
+void cpuk::linear(const Isa& isa, int bits, int group, const mx::array* weights, const float* x, int M, int K, int N,
+                  float* y) {
+  if (bits == 32) return run_float(isa, weights, x, M, K, N, y);
+  if (bits == 16) return run_half(isa, weights, x, M, K, N, y);
+  run_quantized(isa, group, bits, weights, x, M, K, N, y);
+}
+
+namespace {
 
 // One primitive for all: bits 4 or 8 with four inputs (quantised), 16 with two (half), 32 with
 // two (fp32, few rows).
@@ -184,13 +217,7 @@ class CpuMatmul : public mx::UnaryPrimitive {
                                                      out = outs[0]]() mutable {
       const int K = held[0].shape(-1), N = out.shape(-1);
       const int M = static_cast<int>(held[0].size() / K);
-      if (bits == 32) {
-        run_float(*isa, held, held[0].data<float>(), M, K, N, out.data<float>());
-      } else if (bits == 16) {
-        run_half(*isa, held, held[0].data<float>(), M, K, N, out.data<float>());
-      } else {
-        run_quantized(*isa, group, bits, held, held[0].data<float>(), M, K, N, out.data<float>());
-      }
+      cpuk::linear(*isa, bits, group, &held[1], held[0].data<float>(), M, K, N, out.data<float>());
     });
   }
 
@@ -253,7 +280,7 @@ mx::array rows_matmul(const mx::array& x, const mx::array& w, const std::string&
 
 std::vector<std::string> runnable_isas() {
   std::vector<std::string> names;
-  for (const char* name : {"amx", "avx512", "avx2", "scalar"}) {
+  for (const char* name : {"amx", "avx512vnni", "avx512", "avx2", "scalar"}) {
     if (cpuk::isa_named(name)) names.emplace_back(name);
   }
   return names;
@@ -312,6 +339,21 @@ NB_MODULE(_cpu_kernels, m) {
            bool rms, const std::string& isa) { return cpuk::norm(x, weight, bias, eps, rms, isa_or_best(isa)); },
         nb::arg("x"), nb::arg("weight").none(), nb::arg("bias").none(), nb::arg("eps"), nb::arg("rms"), nb::arg("isa") = "",
         "LayerNorm (rms=False) or RMSNorm (rms=True) of float32 x along its last axis, on the CPU stream.");
+  m.def("deltanet_decode",
+        [](const std::vector<mx::array>& arrays, const std::vector<std::pair<int, int>>& kinds, const std::vector<int>& dims,
+           const std::vector<float>& eps, const std::string& isa) {
+          if (dims.size() != 7 || eps.size() != 3)
+            throw std::invalid_argument("[cpu_kernels] deltanet_decode: 7 dims and 3 eps");
+          std::vector<cpuk::LinearKind> linear_kinds;
+          for (auto [bits, group] : kinds) linear_kinds.push_back({bits, group});
+          const cpuk::DeltaNetShape shape{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], eps[0], eps[1], eps[2]};
+          auto out = cpuk::deltanet_decode(arrays, linear_kinds, shape, isa_or_best(isa));
+          return nb::make_tuple(out[0], out[1], out[2]);
+        },
+        nb::arg("arrays"), nb::arg("kinds"), nb::arg("dims"), nb::arg("eps"), nb::arg("isa") = "",
+        "One token through a DeltaNet decoder layer: (out, conv state, state); decode_layer.h names the arrays, "
+        "kinds the projections' (bits, group), dims (hidden, intermediate, k_heads, v_heads, k_dim, v_dim, "
+        "conv_kernel), eps (norms, gated norm, q/k L2 norm).");
   m.def("runnable_isas", &runnable_isas, "The kernel sets this CPU runs, best first.");
   m.def("threads", [] { return cpuk::Pool::get().threads(); }, "Threads the GEMV uses.");
 }

@@ -1,0 +1,219 @@
+// The quantised GEMV in AVX-512 VNNI's integer dot products, where the CPU has them.
+//
+// The float GEMV (kernels_impl.h) widens every weight to a float lane before its FMA: at 4 bits
+// three shuffles a vector of 16 weights, which bound a 4-bit decoded token's GEMVs at 15-18 GB/s
+// on two cores, half the memory's rate. vpdpbusd multiplies 64 unsigned bytes by 64 signed
+// bytes and adds them in fours into 16 int32 lanes in one op, so the weights stay bytes (at 4
+// bits, one AND and one shift split 64 bytes into their 128 nibbles).
+//
+// x cannot be rounded to int8 as ggml does (8 bits of x; MLX's quantised matmul keeps x in fp32),
+// so each value goes in as three signed 8-bit digits scaled per group: x ≈ sx·(65536·h + 256·m + l),
+// 24 bits, fp32's own precision, and each digit's dot product is exact in int32. Three dot
+// products where one would do, and still bound by memory, not by the ops.
+
+#include <immintrin.h>
+
+#include <cmath>
+
+#include "kernels.h"
+
+namespace cpuk::vnni {
+
+#include "avx512_vector.h"
+#include "kernels_impl.h"
+
+// The largest |round(x / sx)|: three digits in [-128, 127] hold up to 127·65793 = 8355711, less
+// a margin for x / sx rounding up.
+constexpr float kDigitsMax = 8355000.0f;
+
+// The weights of a row in blocks of 64 bytes (128 values at 4 bits, 64 at 8). For each block x's
+// digits are 64-byte vectors in the weights' byte order, h then m then l; at 4 bits each digit
+// has two, the values of the low nibbles (x0, x2, .., x126) and of the high ones (x1, .., x127).
+template <int BITS>
+struct Layout {
+  static constexpr int per_lane = BITS == 4 ? 8 : 4;  // values in each 4-byte lane of a block
+  static constexpr int block = 16 * per_lane;
+  static constexpr int halves = BITS == 4 ? 2 : 1;
+  static constexpr int digit_stride = 64 * halves;  // from h to m to l
+  static constexpr int bytes = 3 * digit_stride;     // a block's digits
+};
+
+// v = round(x / sx) in 16 lanes -> its digits h, m, l, 16 bytes each, at d, d + stride, d + 2·stride.
+inline void store_digits(__m512i v, int8_t* d, long stride) {
+  for (int digit = 2; digit >= 0; --digit) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(d + digit * stride), _mm512_cvtepi32_epi8(v));  // the low byte
+    const __m512i low = _mm512_srai_epi32(_mm512_slli_epi32(v, 24), 24);                     // as a signed digit
+    v = _mm512_srai_epi32(_mm512_sub_epi32(v, low), 8);
+  }
+}
+
+template <int BITS>
+void x_digits_t(const float* x, int K, int group, int8_t* digits, float* xscale, float* xsum) {
+  using Lay = Layout<BITS>;
+  const int blocks = (K + Lay::block - 1) / Lay::block;
+  if (K % Lay::block) std::fill_n(digits + static_cast<long>(blocks - 1) * Lay::bytes, Lay::bytes, int8_t{0});
+  const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odds = _mm512_add_epi32(evens, _mm512_set1_epi32(1));
+  for (int g = 0; g < K / group; ++g) {
+    const float* xg = x + static_cast<long>(g) * group;
+    __m512 most = _mm512_setzero_ps(), total = _mm512_setzero_ps();
+    for (int k = 0; k < group; k += 16) {
+      const __m512 a = _mm512_loadu_ps(xg + k);
+      most = _mm512_max_ps(most, _mm512_abs_ps(a));
+      total = _mm512_add_ps(total, a);
+    }
+    const float biggest = _mm512_reduce_max_ps(most);
+    xsum[g] = _mm512_reduce_add_ps(total);
+    // a NaN or inf in x (the sum has it, where max may drop a NaN) makes the group's products NaN
+    xscale[g] = std::isfinite(xsum[g]) ? biggest / kDigitsMax : NAN;
+    const __m512 inv = _mm512_set1_ps(biggest > 0 && std::isfinite(xscale[g]) ? kDigitsMax / biggest : 0.0f);
+    for (int k = 0; k < group; k += 32) {  // 32 values at a time, within one block and group
+      const int e = g * group + k;
+      int8_t* d = digits + static_cast<long>(e / Lay::block) * Lay::bytes;
+      const int in_block = e % Lay::block;
+      const __m512 a = _mm512_loadu_ps(xg + k), b = _mm512_loadu_ps(xg + k + 16);
+      if constexpr (BITS == 4) {
+        store_digits(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_permutex2var_ps(a, evens, b), inv)), d + in_block / 2,
+                     Lay::digit_stride);
+        store_digits(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_permutex2var_ps(a, odds, b), inv)), d + 64 + in_block / 2,
+                     Lay::digit_stride);
+      } else {
+        store_digits(_mm512_cvtps_epi32(_mm512_mul_ps(a, inv)), d + in_block, Lay::digit_stride);
+        store_digits(_mm512_cvtps_epi32(_mm512_mul_ps(b, inv)), d + in_block + 16, Lay::digit_stride);
+      }
+    }
+  }
+}
+
+void x_digits(const float* x, int K, int group, int bits, int8_t* digits, float* xscale, float* xsum) {
+  bits == 4 ? x_digits_t<4>(x, K, group, digits, xscale, xsum) : x_digits_t<8>(x, K, group, digits, xscale, xsum);
+}
+
+// R spread rows (spread_rows) against x's digits: per block and row, the digits' dot products
+// into one int32 vector (h's shifted up before m's are added, then m's before l's), whose lanes
+// are scaled by their groups' scale·sx into the row's float total; the biases' share as in the
+// float GEMV.
+template <int BITS, int GROUP, int R>
+void qgemv_rows(const Quantized& q, const int8_t* digits, const float* xscale, const float* xsum, const int* rows,
+                float* y) {
+  using Lay = Layout<BITS>;
+  const int G = q.K / GROUP;
+  const long row_bytes = static_cast<long>(q.K) * BITS / 8;
+  // each lane's group, counted from the block's first (a group may span blocks: then all 0)
+  const __m512i lane_group = _mm512_srli_epi32(
+      _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                         _mm512_set1_epi32(Lay::per_lane)),
+      __builtin_ctz(GROUP));
+  const __m512i nibble = _mm512_set1_epi8(0x0f);
+  const uint8_t* base[R];
+  __m512 total[R], bias_total[R];
+  alignas(64) float scales[R][kGroupBlock + 16], biases[R][kGroupBlock];  // + 16: a block's scales are read as a vector
+  float bias_tail[R] = {};
+  for (int r = 0; r < R; ++r) {
+    base[r] = reinterpret_cast<const uint8_t*>(q.w) + rows[r] * row_bytes;
+    total[r] = bias_total[r] = _mm512_setzero_ps();
+  }
+  for (int g0 = 0; g0 < G; g0 += kGroupBlock) {
+    const int n = std::min(kGroupBlock, G - g0);
+    for (int r = 0; r < R; ++r) {
+      widen_groups<V>(q.scales, q.dtype, static_cast<long>(rows[r]) * G + g0, n, scales[r]);
+      widen_groups<V>(q.biases, q.dtype, static_cast<long>(rows[r]) * G + g0, n, biases[r]);
+      int g = 0;
+      for (; g + 16 <= n; g += 16) {
+        bias_total[r] = _mm512_fmadd_ps(_mm512_load_ps(biases[r] + g), _mm512_loadu_ps(xsum + g0 + g), bias_total[r]);
+        _mm512_store_ps(scales[r] + g, _mm512_mul_ps(_mm512_load_ps(scales[r] + g), _mm512_loadu_ps(xscale + g0 + g)));
+      }
+      for (; g < n; ++g) {
+        bias_tail[r] += biases[r][g] * xsum[g0 + g];
+        scales[r][g] *= xscale[g0 + g];
+      }
+    }
+    for (int e = g0 * GROUP; e < (g0 + n) * GROUP; e += Lay::block) {
+      const int8_t* d = digits + static_cast<long>(e / Lay::block) * Lay::bytes;
+      const long at = static_cast<long>(e) * BITS / 8;
+      // the bytes of the row's last block, where the row ends inside it
+      const int left = static_cast<int>(std::min<long>(64, row_bytes - at));
+      const __mmask64 mask = left == 64 ? ~__mmask64{0} : (__mmask64{1} << left) - 1;
+      const int first_group = e / GROUP - g0;
+      __m512i x[3 * Lay::halves];
+      for (int i = 0; i < 3 * Lay::halves; ++i) x[i] = _mm512_loadu_si512(d + 64 * i);
+      for (int r = 0; r < R; ++r) {
+        const uint8_t* b = base[r] + at;
+        prefetch_bytes<V>(b);
+        const __m512i w = _mm512_maskz_loadu_epi8(mask, b);
+        __m512 dot;
+        if constexpr (BITS == 4) {
+          const __m512i lo = _mm512_and_si512(w, nibble), hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), nibble);
+          __m512i acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, x[0]);
+          acc = _mm512_dpbusd_epi32(acc, hi, x[1]);
+          acc = _mm512_dpbusd_epi32(_mm512_slli_epi32(acc, 8), lo, x[2]);  // |acc| < 2^31: 8 products of 15·128, ·65536
+          acc = _mm512_dpbusd_epi32(acc, hi, x[3]);
+          acc = _mm512_dpbusd_epi32(_mm512_slli_epi32(acc, 8), lo, x[4]);
+          dot = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(acc, hi, x[5]));
+        } else {  // 4 products of 255·128 a lane: h·65536 would overflow int32, so l apart
+          const __m512i hm = _mm512_dpbusd_epi32(_mm512_slli_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x[0]), 8), w, x[1]);
+          const __m512i l = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x[2]);
+          dot = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hm), _mm512_set1_ps(256.0f), _mm512_cvtepi32_ps(l));
+        }
+        const __m512 scale = _mm512_permutexvar_ps(lane_group, _mm512_loadu_ps(scales[r] + first_group));
+        total[r] = _mm512_fmadd_ps(scale, dot, total[r]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    y[rows[r]] = _mm512_reduce_add_ps(total[r]) + (_mm512_reduce_add_ps(bias_total[r]) + bias_tail[r]);
+}
+
+template <int BITS, int GROUP>
+void qgemv_t(const Quantized& q, const int8_t* digits, const float* xscale, const float* xsum, int n0, int n1,
+             float* y) {
+  y -= n0;
+  spread_rows<kSpread>(n0, n1, [&](const int* rows, auto r) {
+    qgemv_rows<BITS, GROUP, decltype(r)::value>(q, digits, xscale, xsum, rows, y);
+  });
+}
+
+template <int BITS>
+void qgemv_bits(const Quantized& q, const int8_t* digits, const float* xscale, const float* xsum, int n0, int n1,
+                float* y) {
+  switch (q.group) {
+    case 32: return qgemv_t<BITS, 32>(q, digits, xscale, xsum, n0, n1, y);
+    case 64: return qgemv_t<BITS, 64>(q, digits, xscale, xsum, n0, n1, y);
+    default: return qgemv_t<BITS, 128>(q, digits, xscale, xsum, n0, n1, y);
+  }
+}
+
+void qgemv_digits(const Quantized& q, const int8_t* digits, const float* xscale, const float* xsum, int n0, int n1,
+                  float* y) {
+  q.bits == 8 ? qgemv_bits<8>(q, digits, xscale, xsum, n0, n1, y) : qgemv_bits<4>(q, digits, xscale, xsum, n0, n1, y);
+}
+
+}  // namespace cpuk::vnni
+
+namespace cpuk {
+
+const Isa& avx512vnni_isa() {
+  static const Isa isa = [] {
+    Isa vnni = avx512_isa();
+    vnni.name = "avx512vnni";
+    vnni.x_digits = vnni::x_digits;
+    vnni.qgemv_digits = vnni::qgemv_digits;
+    return vnni;
+  }();
+  return isa;
+}
+
+#ifdef CPUK_HAVE_AMX
+const Isa& amx_isa() {
+  static const Isa isa = [] {
+    Isa amx = avx512vnni_isa();
+    amx.name = "amx";
+    amx.bf16_gemm = amx_bf16_gemm;
+    amx.quantized_gemm = amx_quantized_gemm;
+    return amx;
+  }();
+  return isa;
+}
+#endif
+
+}  // namespace cpuk
