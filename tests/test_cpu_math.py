@@ -95,3 +95,18 @@ def test_causal_attention_matches_mlx_sdpa(L, S):
     visible = mx.arange(S)[None] <= mx.arange(S - L, S)[:, None]
     expected = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.17, mask=visible)
     np.testing.assert_allclose(np.array(causal_attention(q, k, v, 0.17)), np.array(expected), atol=1e-5)
+
+
+def test_logsumexp_equals_mlx_with_masked_and_infinite_rows():
+    """A decoded token's log-probabilities over the vocabulary: masked logits (-inf, a logit
+    bias), a row all -inf, and +inf and NaN rows come out as MLX's."""
+    x = mx.random.normal((5, 50000), key=mx.random.key(0)) * 8
+    x[1, ::3] = -mx.inf
+    x[2] = -mx.inf
+    x[3, 7] = mx.inf
+    x[4, 9] = mx.nan
+    want = np.array(mx.logsumexp(x, axis=-1, keepdims=True))
+    got = np.array(fast_math.logsumexp(x, axis=-1, keepdims=True))
+    np.testing.assert_allclose(got[[0, 1]], want[[0, 1]], rtol=2e-6)
+    assert got[2, 0] == want[2, 0] == -np.inf and got[3, 0] == want[3, 0] == np.inf and np.isnan(got[4, 0])
+    assert fast_math.logsumexp(x, axis=0).shape == (50000,)

@@ -223,3 +223,28 @@ def test_asking_again_about_a_video_decodes_and_encodes_nothing(tiny, tmp_path, 
     monkeypatch.setattr(type(model), "encode_slices", lambda self, *a, **k: encodes.append(a) or real_encode(self, *a, **k))
     again = [r.token for r in stream_generate(model, processor, question, max_tokens=4, temperature=0.0)]
     assert again == first and decodes == [] and encodes == []
+
+
+def test_the_token_loop_is_mlx_lms(tiny):
+    """generate.generate_step yields what mlx-lm's ``generate_step`` yields, token for token and
+    log-probability for log-probability, with a logits processor, over several prefill chunks
+    (on the portable path, whose logsumexp is MLX's own; the CPU seam only changes its exp)."""
+    from mlx_lm.generate import generate_step as mlx_lm_generate_step
+    from mlx_lm.sample_utils import make_logits_processors
+
+    from mlx_minicpmv.generate import generate_step
+
+    model, _ = tiny.load(cpu_kernels=False)
+    ids = mx.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7])
+    runs = []
+    for loop in (generate_step, mlx_lm_generate_step):
+        cache, chunks = model.make_cache(), []
+        steps = loop(ids, model, max_tokens=6, sampler=lambda lp: mx.argmax(lp, axis=-1), prompt_cache=cache,
+                     logits_processors=make_logits_processors(repetition_penalty=1.3), prefill_step_size=4,
+                     input_embeddings=model.embed(ids[None])[0], prompt_progress_callback=lambda d, t: chunks.append(d))
+        out = list(steps)
+        runs.append(([t for t, _ in out], [np.array(lp) for _, lp in out], chunks))
+    (ours, our_lp, our_chunks), (theirs, their_lp, their_chunks) = runs
+    assert ours == theirs and len(ours) == len(our_lp) == 6 and our_chunks == their_chunks == [0, 4, 8, 12, 13, 14]
+    for a, b in zip(our_lp, their_lp):
+        np.testing.assert_array_equal(a, b)

@@ -101,6 +101,18 @@ def exp(x: mx.array) -> mx.array:
     return _product(*_exp_parts(x))
 
 
+def logsumexp(x: mx.array, axis: int = -1, keepdims: bool = False) -> mx.array:
+    """``mx.logsumexp`` along one axis with the fast exp: over the 248k-token vocabulary, a
+    decoded token's log-probabilities, 3.0 ms with MLX's exp against 1.0 (the same figure)."""
+    if not fast(x):
+        return mx.logsumexp(x, axis=axis, keepdims=keepdims)
+    top = mx.max(x, axis=axis, keepdims=True)
+    finite = mx.isfinite(top)
+    out = top + mx.log(mx.sum(exp(x - mx.where(finite, top, 0)), axis=axis, keepdims=True))
+    out = mx.where(finite, out, top)  # a row all -inf, or with +inf or NaN: MLX's -inf, +inf, NaN
+    return out if keepdims else out.squeeze(axis)
+
+
 def by_kernel(*arrays) -> bool:
     """Arrays of one shape, big enough that the kernels' version of an op (the same math, on every
     core) pays for its call, and the kernels built. The CPU norms (``norm_layers.py``) ask too."""

@@ -53,6 +53,8 @@ class Model(nn.Module):
         super().__init__()
         self.config = config
         self.patches_per_pass = MAX_PATCHES_PER_PASS
+        # log Σ exp of the logits, for generation's log-probabilities (the CPU seam's has a fast exp)
+        self.logsumexp = mx.logsumexp
         vc, tc = config.vision_config, config.text_config
         self.vision_tower = VisionTower(vc)
         self.merger = Merger(vc.hidden_size, tc.hidden_size, config.merge_kernel_size, config.merger_times)

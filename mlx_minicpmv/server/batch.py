@@ -76,7 +76,7 @@ class DecodeBatch:
                         row = processor(context, row)
                 rows.append(row)
             logits = mx.concatenate(rows, axis=0)
-        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        logprobs = logits - self.model.logsumexp(logits, axis=-1, keepdims=True)
         if all(s.job.sampling.temperature == 0 for s in seqs):
             tokens = mx.argmax(logprobs, axis=-1)
         else:
