@@ -351,12 +351,16 @@ def test_load_keeps_the_stored_weights_with_the_same_logits_and_tokens(ext, conv
 
 
 @pytest.mark.parametrize("variant", ["float32"] + list(VARIANTS))
-def test_a_deltanet_layer_decodes_in_one_kernel_as_in_its_ops(ext, tiny, converted, variant, monkeypatch):
-    """A decoded token through each DeltaNet layer as one primitive (kernels.deltanet_decode):
-    the output, conv state and state of the layer's compiled ops, for every kind of stored
-    projection (tiny: 4 value heads on 2 key heads); generation goes through it; a projection it
-    cannot read (a LoRA adapter) takes the ops."""
+def test_a_decoder_layer_decodes_in_one_kernel_as_in_its_ops(ext, tiny, converted, variant, monkeypatch):
+    """A decoded token through each DeltaNet layer as one primitive (kernels.deltanet_decode),
+    and through the attention layer as two around its cache (kernels.attention_decode): the
+    outputs and states of the layers' compiled ops, for every kind of stored projection (tiny: 4
+    value heads on 2 key heads, 4 query heads on 2 kv heads, a quarter of each head turned by
+    RoPE); generation goes through them; a projection they cannot read (a LoRA adapter) takes
+    the ops."""
     from mlx_lm.tuner.lora import LoRALinear
+
+    from mlx_minicpmv.cpu.language_layers import causal_attention
 
     model, _ = tiny.load() if variant == "float32" else load(converted[variant])
     lm = model.language_model
@@ -373,6 +377,17 @@ def test_a_deltanet_layer_decodes_in_one_kernel_as_in_its_ops(ext, tiny, convert
             close(got, want)
         fused_layers += 1
     assert fused_layers == 3
+    for i, layer in enumerate(lm.layers):  # the attention layer: the cache's keys are a view of its buffer
+        if layer.is_linear:
+            continue
+        c = cache[i]
+        before = c.keys, c.values, c.offset
+        fused = layer.fused_attention(x, c)
+        c.keys, c.values, c.offset = before
+        queries, keys, values, gate = layer.attention_front(x, mx.array(c.offset))
+        keys, values = c.update_and_fetch(keys, values)
+        assert keys.shape[2] == 18 < c.keys.shape[2]
+        close(fused, layer.attention_back(x, causal_attention(queries, keys, values, layer.self_attn.scale), gate))
 
     calls = []
     real = cpu_kernels.deltanet_decode
@@ -381,13 +396,14 @@ def test_a_deltanet_layer_decodes_in_one_kernel_as_in_its_ops(ext, tiny, convert
     lm(lm.embed_tokens(mx.array([[20, 21]])), cache=cache)
     mx.eval(lm(lm.embed_tokens(mx.array([[22]])), cache=cache))
     assert len(calls) == fused_layers
-    mlp = lm.layers[0].mlp
-    base = mlp.up_proj
-    mlp.up_proj = LoRALinear.from_base(base, r=4)
+    mlp, attn = lm.layers[0].mlp, lm.layers[3].self_attn
+    base, q_proj = mlp.up_proj, attn.q_proj
+    mlp.up_proj, attn.q_proj = LoRALinear.from_base(base, r=4), LoRALinear.from_base(q_proj, r=4)
     try:
         assert lm.layers[0].fused_step(x, cache[0][0], cache[0][1]) is None
+        assert lm.layers[3].fused_attention(x, cache[3]) is None
     finally:
-        mlp.up_proj = base  # tiny.load()'s model is shared by the session
+        mlp.up_proj, attn.q_proj = base, q_proj  # tiny.load()'s model is shared by the session
 
 
 def test_weights_stay_small(ext, converted):

@@ -91,16 +91,17 @@ def test_the_two_paths_are_the_ones_named(tiny):
 
 @pytest.mark.skipif(mx.default_device() != mx.cpu, reason="the CPU path exists where MLX runs on the CPU")
 def test_a_decoded_token_takes_the_compiled_steps(tiny, monkeypatch):
-    """On the CPU path a decoded token runs every DeltaNet layer as one kernel (its compiled
-    step where the kernels are not built) and every attention layer's parts before and after
-    the cache as compiled steps, with the logits of the layers run as they are."""
+    """On the CPU path a decoded token runs every DeltaNet layer as one kernel and every
+    attention layer's parts before and after the cache as one kernel each (compiled steps where
+    the kernels are not built), with the logits of the layers run as they are."""
     from mlx_minicpmv import load
     from mlx_minicpmv.cpu import kernels
 
     calls = []
     if kernels.load() is not None:
-        real = kernels.deltanet_decode
-        monkeypatch.setattr(kernels, "deltanet_decode", lambda *a: calls.append(1) or real(*a))
+        for name in ("deltanet_decode", "attention_decode"):
+            monkeypatch.setattr(kernels, name, lambda *a, real=getattr(kernels, name), name=name:
+                                calls.append(name) or real(*a))
     model, _ = load(tiny.mlx_path)
     ids = mx.array([[3, 1, 4, 1, 5, 9, 2, 6]])
     cache = model.make_cache()
@@ -109,10 +110,11 @@ def test_a_decoded_token_takes_the_compiled_steps(tiny, monkeypatch):
     layers = model.language_model.layers
     linear = sum(layer.is_linear for layer in layers)
     if kernels.load() is not None:
-        assert len(calls) == 2 * linear
+        assert calls.count("deltanet_decode") == 2 * linear
+        assert calls.count("attention_decode") == 2 * 2 * (len(layers) - linear)  # front and back
     else:
         assert all(getattr(layer, "_step", None) is not None for layer in layers if layer.is_linear)
-    assert all(getattr(layer, "_front", None) is not None for layer in layers if not layer.is_linear)
+        assert all(getattr(layer, "_front", None) is not None for layer in layers if not layer.is_linear)
     full = model(ids)
     np.testing.assert_allclose(np.array(mx.concatenate(stepped, axis=1)), np.array(full[:, 6:]), atol=LOGIT_TOL, rtol=0)
 

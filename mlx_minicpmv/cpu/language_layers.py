@@ -183,6 +183,9 @@ class CpuDecoderLayer(DecoderLayer):
             cache.advance(1)
             return out
         if self.compiles_attention(x, mask, cache):
+            fused = self.fused_attention(x, cache)
+            if fused is not None:
+                return fused
             queries, keys, values, gate = self.attention_front(x, mx.array(cache.offset))
             keys, values = cache.update_and_fetch(keys, values)
             output = causal_attention(queries, keys, values, self.self_attn.scale)
@@ -218,6 +221,36 @@ class CpuDecoderLayer(DecoderLayer):
                 attn.num_v_heads, attn.head_k_dim, attn.head_v_dim, attn.conv_kernel_size]
         eps = [self.input_layernorm.eps, attn.norm.eps, 1e-6]
         return kernels.deltanet_decode(arrays, [kind for kind, _ in projections], dims, eps)
+
+    def fused_attention(self, x, cache):
+        """The token through ``kernels.attention_decode``: everything before the KV cache update
+        as one primitive and everything after it as another, or None where a projection is not a
+        plain layer of stored weights or the norms differ from what the kernels take."""
+        attn, mlp = self.self_attn, self.mlp
+        if type(mlp) is not CpuMLP:
+            return None
+        front = [projection(p) for p in (attn.q_proj, attn.k_proj, attn.v_proj)]
+        back = [projection(p) for p in (attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)]
+        norms = (self.input_layernorm, self.post_attention_layernorm, attn.q_norm, attn.k_norm)
+        if (any(p is None for p in front + back) or any(n["weight"].dtype != mx.float32 for n in norms)
+                or len({n.eps for n in norms}) != 1):
+            return None
+        dims = [x.shape[-1], back[1][1][0].shape[0], attn.num_attention_heads, attn.num_key_value_heads,
+                attn.head_dim, attn.rope.dims, cache.offset]
+        floats = [self.input_layernorm.eps, attn.scale]
+
+        def arrays(projections):
+            return [w for _, weights in projections for w in weights]
+
+        def kinds(projections):
+            return [kind for kind, _ in projections]
+
+        q, k, v, gate = kernels.attention_decode(
+            [x, self.input_layernorm["weight"], attn.q_norm["weight"], attn.k_norm["weight"], attn.rope.freqs]
+            + arrays(front), kinds(front), dims, floats, True)
+        keys, values = cache.update_and_fetch(k, v)
+        return kernels.attention_decode([x, q, keys, values, gate, self.post_attention_layernorm["weight"]]
+                                        + arrays(back), kinds(back), dims, floats, False)
 
     def compiles_attention(self, x, mask, cache) -> bool:
         """One token of one sequence through mlx-lm's plain KV cache (4.7's canvas positions and

@@ -51,6 +51,10 @@ class RoPE(nn.Module):
         self.dims = dims
         self._freqs = mx.array((base ** (np.arange(0, dims, 2) / dims)).astype(np.float32))
 
+    @property
+    def freqs(self) -> mx.array:
+        return self._freqs  # underscored: not a parameter
+
     def __call__(self, x: mx.array, offset=0) -> mx.array:
         return mx.fast.rope(x, self.dims, traditional=False, base=None, scale=1.0, offset=offset, freqs=self._freqs)
 

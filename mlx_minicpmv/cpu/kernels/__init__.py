@@ -116,6 +116,17 @@ def deltanet_decode(arrays, kinds, dims, eps, isa: str = None):
     return _module.deltanet_decode(arrays, kinds, dims, eps, _isa if isa is None else isa)
 
 
+def attention_decode(arrays, kinds, dims, floats, front: bool, isa: str = None):
+    """One token of one sequence through an attention decoder layer, in two primitives around
+    the KV cache update (``decode_layer.cpp``): the front ``(q, k, v, gate)`` from arrays = x,
+    input_layernorm, q_norm, k_norm, the RoPE frequencies, then q_proj, k_proj, v_proj; the back
+    the layer's output from arrays = x, q, the cache's keys and values, gate,
+    post_attention_layernorm, then o_proj, gate_proj, up_proj, down_proj; kinds the projections'
+    ``(bits, group)``; dims (hidden, intermediate, heads, kv_heads, head_dim, rotary, offset);
+    floats (norm eps, score scale); needs ``load()``."""
+    return _module.attention_decode(arrays, kinds, dims, floats, front, _isa if isa is None else isa)
+
+
 def softmax(x, isa: str = None):
     """Softmax along the last axis of float32 x, with ``fast_math``'s exp; needs ``load()``."""
     return _module.softmax(x, _isa if isa is None else isa)

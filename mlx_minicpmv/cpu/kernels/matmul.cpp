@@ -354,6 +354,22 @@ NB_MODULE(_cpu_kernels, m) {
         "One token through a DeltaNet decoder layer: (out, conv state, state); decode_layer.h names the arrays, "
         "kinds the projections' (bits, group), dims (hidden, intermediate, k_heads, v_heads, k_dim, v_dim, "
         "conv_kernel), eps (norms, gated norm, q/k L2 norm).");
+  m.def("attention_decode",
+        [](const std::vector<mx::array>& arrays, const std::vector<std::pair<int, int>>& kinds, const std::vector<int>& dims,
+           const std::vector<float>& floats, bool front, const std::string& isa) {
+          if (dims.size() != 7 || floats.size() != 2)
+            throw std::invalid_argument("[cpu_kernels] attention_decode: 7 dims and 2 floats");
+          std::vector<cpuk::LinearKind> linear_kinds;
+          for (auto [bits, group] : kinds) linear_kinds.push_back({bits, group});
+          const cpuk::AttentionShape shape{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], floats[0], floats[1]};
+          if (!front) return nb::object(nb::cast(cpuk::attention_decode_back(arrays, linear_kinds, shape, isa_or_best(isa))[0]));
+          auto out = cpuk::attention_decode_front(arrays, linear_kinds, shape, isa_or_best(isa));
+          return nb::object(nb::make_tuple(out[0], out[1], out[2], out[3]));
+        },
+        nb::arg("arrays"), nb::arg("kinds"), nb::arg("dims"), nb::arg("floats"), nb::arg("front"), nb::arg("isa") = "",
+        "One token through an attention decoder layer's front (q, k, v, gate) or back (the output); decode_layer.h "
+        "names the arrays, kinds the projections' (bits, group), dims (hidden, intermediate, heads, kv_heads, "
+        "head_dim, rotary, offset), floats (eps, scale).");
   m.def("runnable_isas", &runnable_isas, "The kernel sets this CPU runs, best first.");
   m.def("threads", [] { return cpuk::Pool::get().threads(); }, "Threads the GEMV uses.");
 }
