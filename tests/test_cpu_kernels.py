@@ -56,6 +56,24 @@ def test_quantized_matmul_equals_mlx(ext, isa, bits, group_size, stored, rows):
 
 @pytest.mark.parametrize("isa", isas())
 @pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("K", [32, 64, 96, 160])
+def test_rows_that_end_inside_a_block_of_weights_equal_mlx(ext, isa, bits, K):
+    """Rows shorter than, or not a multiple of, the VNNI GEMV's 64 bytes of weights (128 values at
+    4 bits, 64 at 8; the tiny model's hidden size is 64): the lanes past the row's end count 0."""
+    for seed in range(4):  # what lies past the row's groups in the kernel's buffers varies
+        w = mx.random.normal((48 + 16 * seed, K), key=mx.random.key(seed)).astype(mx.bfloat16)
+        q, s, b = mx.quantize(w, group_size=32, bits=bits)
+        x = mx.random.normal((1, K), key=mx.random.key(10 + seed))
+        want = mx.quantized_matmul(x, q, s, b, transpose=True, group_size=32, bits=bits)
+        close(cpu_kernels.quantized_matmul(x, q, s, b, 32, bits, isa=isa), want)
+        if K % 64 == 0:
+            q, s, b = mx.quantize(w, group_size=64, bits=bits)
+            want = mx.quantized_matmul(x, q, s, b, transpose=True, group_size=64, bits=bits)
+            close(cpu_kernels.quantized_matmul(x, q, s, b, 64, bits, isa=isa), want)
+
+
+@pytest.mark.parametrize("isa", isas())
+@pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("stored", [mx.bfloat16, mx.float16, mx.float32])
 def test_a_long_row_of_groups_equals_mlx(ext, isa, bits, stored):
     """130 groups in a row: the GEMV widens the scales and biases 128 groups at a time, then the

@@ -57,6 +57,19 @@ void widen_groups(const void* p, Float dtype, long first, int n, float* out) {
 
 constexpr int kGroupBlock = 128;  // groups whose scales and biases are widened at once
 
+// Groups [g0, g0 + n) of row `row`'s scales and biases widened into scales and biases, and the
+// biases' share of its product, Σ_g bias·xsum[g], added into bias_total (and bias_tail).
+template <class V>
+void widen_row_groups(const Quantized& q, long row, int g0, int n, const float* xsum, float* scales, float* biases,
+                      typename V::T& bias_total, float& bias_tail) {
+  const long first = row * (q.K / q.group) + g0;
+  widen_groups<V>(q.scales, q.dtype, first, n, scales);
+  widen_groups<V>(q.biases, q.dtype, first, n, biases);
+  int g = 0;
+  for (; g + V::L <= n; g += V::L) bias_total = V::fma(V::load(biases + g), V::load(xsum + g0 + g), bias_total);
+  for (; g < n; ++g) bias_tail += biases[g] * xsum[g0 + g];
+}
+
 // R spread rows (spread_rows) of quantised weights against x: per group, R sums of
 // q·x (the R rows are the independent FMA chains), each scaled into its row's total; the
 // biases' share, Σ_g bias·xsum[g], as one dot product a block of groups.
@@ -77,13 +90,7 @@ void qgemv_rows(const Quantized& q, const float* xp, const float* xsum, const in
   float bias_tail[R] = {};
   for (int g0 = 0; g0 < G; g0 += kGroupBlock) {
     const int n = std::min(kGroupBlock, G - g0);
-    for (int r = 0; r < R; ++r) {
-      widen_groups<V>(q.scales, q.dtype, static_cast<long>(rows[r]) * G + g0, n, scales[r]);
-      widen_groups<V>(q.biases, q.dtype, static_cast<long>(rows[r]) * G + g0, n, biases[r]);
-      int g = 0;
-      for (; g + L <= n; g += L) bias_total[r] = V::fma(V::load(biases[r] + g), V::load(xsum + g0 + g), bias_total[r]);
-      for (; g < n; ++g) bias_tail[r] += biases[r][g] * xsum[g0 + g];
-    }
+    for (int r = 0; r < R; ++r) widen_row_groups<V>(q, rows[r], g0, n, xsum, scales[r], biases[r], bias_total[r], bias_tail[r]);
     for (int g = g0; g < g0 + n; ++g) {
       const float* x = xp + g * GROUP;
       const long at = static_cast<long>(g) * (GROUP * BITS / 8);

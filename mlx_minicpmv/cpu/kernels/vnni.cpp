@@ -116,17 +116,14 @@ void qgemv_rows(const Quantized& q, const int8_t* digits, const float* xscale, c
   for (int g0 = 0; g0 < G; g0 += kGroupBlock) {
     const int n = std::min(kGroupBlock, G - g0);
     for (int r = 0; r < R; ++r) {
-      widen_groups<V>(q.scales, q.dtype, static_cast<long>(rows[r]) * G + g0, n, scales[r]);
-      widen_groups<V>(q.biases, q.dtype, static_cast<long>(rows[r]) * G + g0, n, biases[r]);
-      int g = 0;
-      for (; g + 16 <= n; g += 16) {
-        bias_total[r] = _mm512_fmadd_ps(_mm512_load_ps(biases[r] + g), _mm512_loadu_ps(xsum + g0 + g), bias_total[r]);
+      widen_row_groups<V>(q, rows[r], g0, n, xsum, scales[r], biases[r], bias_total[r], bias_tail[r]);
+      int g = 0;  // each group's scale times x's
+      for (; g + 16 <= n; g += 16)
         _mm512_store_ps(scales[r] + g, _mm512_mul_ps(_mm512_load_ps(scales[r] + g), _mm512_loadu_ps(xscale + g0 + g)));
-      }
-      for (; g < n; ++g) {
-        bias_tail[r] += biases[r][g] * xsum[g0 + g];
-        scales[r][g] *= xscale[g0 + g];
-      }
+      for (; g < n; ++g) scales[r][g] *= xscale[g0 + g];
+      // past the row's last group: a row ending inside a block reads these for its empty lanes,
+      // whose dot products are 0 (0 times garbage can be NaN)
+      _mm512_storeu_ps(scales[r] + n, _mm512_setzero_ps());
     }
     for (int e = g0 * GROUP; e < (g0 + n) * GROUP; e += Lay::block) {
       const int8_t* d = digits + static_cast<long>(e / Lay::block) * Lay::bytes;
