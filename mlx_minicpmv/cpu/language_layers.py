@@ -214,13 +214,22 @@ class CpuDecoderLayer(DecoderLayer):
         if any(n["weight"].dtype != mx.float32 for n in norms) or self.input_layernorm.eps != self.post_attention_layernorm.eps:
             return None
         arrays = [x, conv_state, state, self.input_layernorm["weight"], self.post_attention_layernorm["weight"],
-                  attn.conv1d.weight, attn.A_log, attn.dt_bias, attn.norm["weight"]]
+                  self.conv_taps(), attn.A_log, attn.dt_bias, attn.norm["weight"]]
         for _, weights in projections:
             arrays += weights
         dims = [x.shape[-1], projections[5][1][0].shape[0], attn.num_k_heads,
                 attn.num_v_heads, attn.head_k_dim, attn.head_v_dim, attn.conv_kernel_size]
         eps = [self.input_layernorm.eps, attn.norm.eps, 1e-6]
         return kernels.deltanet_decode(arrays, [kind for kind, _ in projections], dims, eps)
+
+    def conv_taps(self) -> mx.array:
+        """The DeltaNet conv's weight (C, kernel, 1) as (kernel, C), the layout its kernel reads,
+        made once for each weight array the layer holds rather than every token."""
+        weight = self.linear_attn.conv1d.weight
+        if getattr(self, "_taps_of", None) is not weight:
+            object.__setattr__(self, "_taps", mx.contiguous(weight[:, :, 0].T))
+            object.__setattr__(self, "_taps_of", weight)
+        return self._taps
 
     def fused_attention(self, x, cache):
         """The token through ``kernels.attention_decode``: everything before the KV cache update

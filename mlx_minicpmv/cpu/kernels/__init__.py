@@ -108,7 +108,7 @@ def gated_delta_scan(q, k, v, g, beta, state, isa: str = None):
 def deltanet_decode(arrays, kinds, dims, eps, isa: str = None):
     """One token of one sequence through a whole DeltaNet decoder layer, ``(out, conv_state,
     state)``, in one primitive (``decode_layer.cpp``: MLX's per-op cost was most of the layer):
-    arrays = x, conv state, state, the two layer norms' weights, conv1d weight, A_log, dt_bias,
+    arrays = x, conv state, state, the two layer norms' weights, conv1d's taps (kernel, C), A_log, dt_bias,
     the gated norm's weight, then the eight projections' weights (qkv, z, b, a, out, gate, up,
     down) with kinds their ``(bits, group)`` (``kernel_layers.projection``); dims (hidden,
     intermediate, k_heads, v_heads, k_dim, v_dim, conv_kernel); eps (layer norms, gated norm,

@@ -179,9 +179,9 @@ void run_deltanet(const Isa& isa, const DeltaNetShape& d, const std::vector<Line
   const Projections project(isa, kinds, in, kDeltaFirst);
 
   thread_local Scratch<float> scratch;
-  float* normed = scratch.get(static_cast<size_t>(2 * H + 2 * C + 4 * value + 2 * Hv + Kc * C + 3 * H + 2 * I));
+  float* normed = scratch.get(static_cast<size_t>(2 * H + 2 * C + 4 * value + 2 * Hv + 3 * H + 2 * I));
   float *qkv = normed + H, *z = qkv + C, *b = z + value, *a = b + Hv, *mixed = a + Hv, *o = mixed + C;
-  float *gated = o + value, *h = gated + value, *wT = h + H, *mlp = wT + Kc * C;
+  float *gated = o + value, *h = gated + value, *mlp = h + H;
 
   const float* x = in[kX].data<float>();
   isa.norm(x, in[kInputNorm].data<float>(), nullptr, d.eps, true, H, 0, 1, normed);
@@ -190,16 +190,13 @@ void run_deltanet(const Isa& isa, const DeltaNetShape& d, const std::vector<Line
   project(kB, normed, H, Hv, b);
   project(kA, normed, H, Hv, a);
 
-  // conv + SiLU over [the state's Kc - 1 rows; qkv], the weight (C, Kc) read as (Kc, C); the new
+  // conv + SiLU over [the state's Kc - 1 rows; qkv] (the weight's taps as (Kc, C)); the new
   // state is the last Kc - 1 of those rows
   const float* conv_state = in[kConvState].data<float>();
-  const float* conv_w = in[kConv].data<float>();
-  for (int c = 0; c < C; ++c)
-    for (int k = 0; k < Kc; ++k) wT[static_cast<long>(k) * C + c] = conv_w[static_cast<long>(c) * Kc + k];
   const float* rows[16];
   for (int k = 0; k < Kc - 1; ++k) rows[k] = conv_state + static_cast<long>(k) * C;
   rows[Kc - 1] = qkv;
-  isa.conv_silu(rows, wT, Kc, C, mixed);
+  isa.conv_silu(rows, in[kConv].data<float>(), Kc, C, mixed);
   float* new_conv = out[1].data<float>();
   for (int k = 1; k < Kc; ++k) std::copy_n(rows[k], C, new_conv + static_cast<long>(k - 1) * C);
 
@@ -337,7 +334,7 @@ std::vector<mx::array> deltanet_decode(const std::vector<mx::array>& arrays, con
   check(arrays[kX].size() == static_cast<size_t>(H), step, "x is one token of one sequence");
   check(arrays[kConvState].size() == static_cast<size_t>(d.conv_kernel - 1) * C, step, "the conv state (1, kernel - 1, conv dim)");
   check(arrays[kState].size() == static_cast<size_t>(d.v_heads) * d.v_dim * d.k_dim, step, "the state (1, Hv, Dv, Dk)");
-  check(arrays[kConv].size() == static_cast<size_t>(C) * d.conv_kernel, step, "the conv weight (conv dim, kernel, 1)");
+  check(arrays[kConv].shape() == mx::Shape{d.conv_kernel, C}, step, "the conv weight's taps (kernel, conv dim)");
   check(arrays[kInputNorm].size() == static_cast<size_t>(H) && arrays[kPostNorm].size() == static_cast<size_t>(H) &&
             arrays[kGateNorm].size() == static_cast<size_t>(d.v_dim) && arrays[kALog].size() == static_cast<size_t>(d.v_heads) &&
             arrays[kDtBias].size() == static_cast<size_t>(d.v_heads),

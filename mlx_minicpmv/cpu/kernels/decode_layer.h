@@ -25,7 +25,8 @@ struct AttentionShape {
 };
 
 // One token of one sequence through a DeltaNet decoder layer: (out, conv state, state) from
-// arrays = x, conv state, state, input_layernorm, post_attention_layernorm, conv1d weight, A_log,
+// arrays = x, conv state, state, input_layernorm, post_attention_layernorm, conv1d's taps (its
+// weight (C, kernel, 1) as (kernel, C)), A_log,
 // dt_bias, the gated norm's weight, then the weights of in_proj_qkv, in_proj_z, in_proj_b,
 // in_proj_a, out_proj, gate_proj, up_proj and down_proj (three arrays for a quantised one).
 std::vector<mlx::core::array> deltanet_decode(const std::vector<mlx::core::array>& arrays,
