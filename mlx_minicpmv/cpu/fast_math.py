@@ -103,9 +103,13 @@ def exp(x: mx.array) -> mx.array:
 
 def logsumexp(x: mx.array, axis: int = -1, keepdims: bool = False) -> mx.array:
     """``mx.logsumexp`` along one axis with the fast exp: over the 248k-token vocabulary, a
-    decoded token's log-probabilities, 3.0 ms with MLX's exp against 1.0 (the same figure)."""
+    decoded token's log-probabilities, 3.0 ms with MLX's exp against 1.0 in these MLX ops, and
+    the kernels' (the last axis, on every core) faster still."""
     if not fast(x):
         return mx.logsumexp(x, axis=axis, keepdims=keepdims)
+    if axis in (-1, x.ndim - 1) and x.shape[-1] > 0 and kernels.load() is not None:  # every core
+        out = kernels.logsumexp(x)
+        return out if keepdims else out.squeeze(-1)
     top = mx.max(x, axis=axis, keepdims=True)
     finite = mx.isfinite(top)
     out = top + mx.log(mx.sum(exp(x - mx.where(finite, top, 0)), axis=axis, keepdims=True))

@@ -132,6 +132,12 @@ def softmax(x, isa: str = None):
     return _module.softmax(x, _isa if isa is None else isa)
 
 
+def logsumexp(x, isa: str = None):
+    """log Σ e^x along the last axis of float32 x, kept as (..., 1), with ``fast_math``'s exp,
+    over the rows or parts of a row on every core; needs ``load()``."""
+    return _module.logsumexp(x, _isa if isa is None else isa)
+
+
 def activation(x, name: str, isa: str = None):
     """``gelu_tanh``, ``silu`` or ``sigmoid`` of float32 x, as ``fast_math``'s; needs ``load()``."""
     return _module.activation(x, name, _isa if isa is None else isa)

@@ -53,6 +53,9 @@ struct Isa {
                      int Dk, float* s_out, float* y);
   // Rows [r0, r1) of x (rows, S) -> their softmax in y, with fast_math.py's exp.
   void (*softmax)(const float* x, int S, long r0, long r1, float* y);
+  // The max of x[0, n) and Σ e^(x - max) with fast_math.py's exp, a part of a row's logsumexp
+  // (softmax.cpp); *nan where x holds a NaN (max drops them).
+  void (*max_sum_exp)(const float* x, long n, float* top, float* sum, bool* nan);
   // y[i] = act(a[i], b[i]) for i in [i0, i1), with fast_math.py's exp; b nullptr for one input.
   void (*activation)(Act act, const float* a, const float* b, long i0, long i1, float* y);
   // One output row of a depthwise causal conv with its SiLU: y[c] = silu(Σ_k w[k·C + c]·rows[k][c])

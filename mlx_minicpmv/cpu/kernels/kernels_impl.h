@@ -356,6 +356,45 @@ inline typename V::T exp_v(typename V::T x) {
 // float32.
 constexpr float kNegligible = 0x1p-64f;
 
+template <class V>
+void max_sum_exp_t(const float* x, long n, float* top_out, float* sum_out, bool* nan) {
+  using T = typename V::T;
+  constexpr int L = V::L;
+  const long body = n / L * L;
+  // v clamped to ±FLT_MAX, times 0, summed: 0, or NaN where v holds a NaN (min and max return
+  // their second operand, v, when it is one)
+  const T biggest = V::bcast(__FLT_MAX__), lowest = V::bcast(-__FLT_MAX__);
+  T m = V::bcast(-__builtin_huge_valf()), poison = V::zero();
+  for (long i = 0; i < body; i += L) {
+    const T v = V::load(x + i);
+    m = V::max(m, v);
+    poison = V::add(poison, V::mul(V::max(lowest, V::min(biggest, v)), V::zero()));
+  }
+  float top = V::hmax(m), nans = V::hsum(poison);
+  for (long i = body; i < n; ++i) {
+    top = x[i] > top ? x[i] : top;
+    nans += x[i] != x[i] ? x[i] : 0.0f;
+  }
+  *nan = nans != nans;
+  *top_out = top;
+  if (top == -__builtin_huge_valf() || top == __builtin_huge_valf()) {
+    *sum_out = top == __builtin_huge_valf() ? 1.0f : 0.0f;
+    return;
+  }
+  const T mv = V::bcast(top);
+  T acc = V::zero();
+  for (long i = 0; i < body; i += L) acc = V::add(acc, exp_v<V>(V::sub(V::load(x + i), mv)));
+  float sum = V::hsum(acc);
+  if (body < n) {  // the tail through one more vector, padded with -inf's e^-80 counted out
+    float pad[L];
+    for (int i = 0; i < L; ++i) pad[i] = body + i < n ? x[body + i] : top;
+    float e[L];
+    V::store(e, exp_v<V>(V::sub(V::load(pad), mv)));
+    for (long i = body; i < n; ++i) sum += e[i - body];
+  }
+  *sum_out = sum;
+}
+
 // Rows [r0, r1) of x (rows, S) -> softmax along each row into y: the row's max, e^(x - max)
 // with its sum, then a multiply by 1/sum; a row of S floats stays in L1 through the three passes.
 template <class V>
@@ -527,6 +566,7 @@ Isa make_isa(const char* name) {
       fgemv_rows<V>,
       delta_step_t<V>,
       softmax_rows_t<V>,
+      max_sum_exp_t<V>,
       activation_t<V>,
       conv_silu_t<V>,
       norm_rows_t<V>,

@@ -316,6 +316,9 @@ NB_MODULE(_cpu_kernels, m) {
         "(B, T, Hv) and state (B, Hv, Dv, Dk), on the CPU stream.");
   m.def("softmax", [](const mx::array& x, const std::string& isa) { return cpuk::softmax(x, isa_or_best(isa)); },
         nb::arg("x"), nb::arg("isa") = "", "softmax along the last axis of float32 x, on the CPU stream.");
+  m.def("logsumexp", [](const mx::array& x, const std::string& isa) { return cpuk::logsumexp(x, isa_or_best(isa)); },
+        nb::arg("x"), nb::arg("isa") = "", "log of the sum of exp along the last axis of float32 x, kept as a last axis "
+        "of 1, on the CPU stream.");
   m.def("activation",
         [](const mx::array& x, const std::string& name, const std::string& isa) {
           const cpuk::Act act = name == "gelu_tanh" ? cpuk::Act::gelu_tanh
