@@ -68,24 +68,10 @@ class Projections {
     check(arrays.size() == at, step, "one array a weight, three a quantised one");
     at = first;
     for (size_t p = 0; p < kinds.size(); ++p) {
-      const mx::array& w = arrays[at];
       const auto [K, N] = dims[p];
-      const int bits = kinds[p].bits;
-      if (bits == 4 || bits == 8) {
-        const int group = kinds[p].group;
-        check(group == 32 || group == 64 || group == 128, step, "group size 32, 64 or 128");
-        check(w.dtype() == mx::uint32 && w.shape() == mx::Shape{N, K * bits / 32} && K % group == 0 &&
-                  arrays[at + 1].shape() == mx::Shape{N, K / group} && arrays[at + 2].shape() == arrays[at + 1].shape() &&
-                  arrays[at + 1].dtype() == arrays[at + 2].dtype() && arrays[at + 1].dtype() != mx::uint32,
-              step, "projection " + std::to_string(p) + ": its quantised weight, scales and biases");
-        at += 3;
-      } else {
-        check(bits == 16 || bits == 32, step, "bits 4, 8, 16 or 32");
-        check(w.shape() == mx::Shape{N, K} &&
-                  (bits == 32 ? w.dtype() == mx::float32 : (w.dtype() == mx::bfloat16 || w.dtype() == mx::float16)),
-              step, "projection " + std::to_string(p) + ": its weight (N, K), float32 or bf16/fp16 as its kind says");
-        at += 1;
-      }
+      const std::string problem = weights_problem(kinds[p].bits, kinds[p].group, &arrays[at], K, N);
+      check(problem.empty(), step, "projection " + std::to_string(p) + ": " + problem);
+      at += kinds[p].bits <= 8 ? 3 : 1;
     }
   }
 

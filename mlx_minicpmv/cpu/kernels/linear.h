@@ -3,6 +3,8 @@
 
 #pragma once
 
+#include <string>
+
 #include "kernels.h"
 #include "mlx/array.h"
 
@@ -13,5 +15,9 @@ namespace cpuk {
 // float32 (few rows only: its GEMV reads the weights once for up to kMaxRows rows).
 void linear(const Isa& isa, int bits, int group, const mlx::core::array* weights, const float* x, int M, int K, int N,
             float* y);
+
+// What keeps linear from reading `weights` (its bits, group and arrays) as an (N, K) matrix, or ""
+// where nothing does: the primitives' checks where they are made.
+std::string weights_problem(int bits, int group, const mlx::core::array* weights, int K, int N);
 
 }  // namespace cpuk

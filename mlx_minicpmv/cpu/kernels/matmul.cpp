@@ -180,6 +180,25 @@ void run_float(const Isa& isa, const mx::array* in, const float* x, int M, int K
 
 }  // namespace
 
+std::string cpuk::weights_problem(int bits, int group, const mx::array* weights, int K, int N) {
+  const mx::array& w = weights[0];
+  if (bits == 32) return w.dtype() == mx::float32 && w.shape() == mx::Shape{N, K} ? "" : "w must be (N, K) float32";
+  if (bits == 16) {
+    const bool half = w.dtype() == mx::bfloat16 || w.dtype() == mx::float16;
+    return half && w.shape() == mx::Shape{N, K} ? "" : "w must be (N, K) bfloat16 or float16";
+  }
+  if (bits != 4 && bits != 8) return "bits must be 4 or 8";
+  if (group != 32 && group != 64 && group != 128) return "group_size must be 32, 64 or 128";
+  if (w.dtype() != mx::uint32 || w.shape() != mx::Shape{N, K * bits / 32}) return "w must be (N, K·bits/32) uint32";
+  const mx::array &scales = weights[1], &biases = weights[2];
+  if (K % group != 0 || scales.shape() != mx::Shape{N, K / group} || biases.shape() != scales.shape() ||
+      biases.dtype() != scales.dtype())
+    return "scales and biases must be (N, K / group_size), of one dtype";
+  if (scales.dtype() != mx::float32 && scales.dtype() != mx::bfloat16 && scales.dtype() != mx::float16)
+    return "scales and half weights must be float32, bfloat16 or float16";
+  return "";
+}
+
 void cpuk::linear(const Isa& isa, int bits, int group, const mx::array* weights, const float* x, int M, int K, int N,
                   float* y) {
   if (bits == 32) return run_float(isa, weights, x, M, K, N, y);
@@ -238,22 +257,21 @@ mx::Shape out_shape(const mx::array& x, const mx::array& w) {
   return shape;
 }
 
-void check_x(const mx::array& x, int K) {
+// weights (w first) as an (N, K) matrix of `bits` that x (..., K) multiplies, N and K read off w;
+// or an error naming what is wrong.
+void check_matmul(const mx::array& x, int bits, int group, const std::vector<mx::array>& weights) {
+  const mx::array& w = weights[0];
+  const int N = w.ndim() == 2 ? w.shape(0) : -1;
+  const int K = w.ndim() != 2 ? -1 : bits == 4 || bits == 8 ? w.shape(1) * 32 / bits : w.shape(1);
+  if (const std::string problem = cpuk::weights_problem(bits, group, weights.data(), K, N); !problem.empty())
+    throw std::invalid_argument("[cpu_kernels] " + problem);
   if (x.dtype() != mx::float32) throw std::invalid_argument("[cpu_kernels] x must be float32");
   if (x.ndim() < 1 || x.shape(-1) != K) throw std::invalid_argument("[cpu_kernels] x (..., K) must match the weights' K");
 }
 
 mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::array& scales, const mx::array& biases,
                            int group_size, int bits, const std::string& isa) {
-  if (bits != 4 && bits != 8) throw std::invalid_argument("[cpu_kernels] bits must be 4 or 8");
-  if (group_size != 32 && group_size != 64 && group_size != 128)
-    throw std::invalid_argument("[cpu_kernels] group_size must be 32, 64 or 128");
-  if (w.dtype() != mx::uint32 || w.ndim() != 2) throw std::invalid_argument("[cpu_kernels] w must be (N, K·bits/32) uint32");
-  const int K = w.shape(1) * 32 / bits, N = w.shape(0);
-  check_x(x, K);
-  if (scales.shape() != mx::Shape{N, K / group_size} || biases.shape() != scales.shape() || biases.dtype() != scales.dtype())
-    throw std::invalid_argument("[cpu_kernels] scales and biases must be (N, K / group_size), of one dtype");
-  float_of(scales.dtype());
+  check_matmul(x, bits, group_size, {w, scales, biases});
   auto s = mx::to_stream(mx::Device::cpu);
   std::vector<mx::array> inputs = {mx::contiguous(x, false, s), mx::contiguous(w, false, s),
                                    mx::contiguous(scales, false, s), mx::contiguous(biases, false, s)};
@@ -262,20 +280,23 @@ mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::arr
 }
 
 mx::array half_matmul(const mx::array& x, const mx::array& w, const std::string& isa) {
-  if ((w.dtype() != mx::bfloat16 && w.dtype() != mx::float16) || w.ndim() != 2)
-    throw std::invalid_argument("[cpu_kernels] w must be (N, K) bfloat16 or float16");
-  check_x(x, w.shape(1));
+  check_matmul(x, 16, 0, {w});
   auto s = mx::to_stream(mx::Device::cpu);
   std::vector<mx::array> inputs = {mx::contiguous(x, false, s), mx::contiguous(w, false, s)};
   return mx::array(out_shape(x, w), mx::float32, std::make_shared<CpuMatmul>(s, isa_or_best(isa), 0, 16), std::move(inputs));
 }
 
 mx::array rows_matmul(const mx::array& x, const mx::array& w, const std::string& isa) {
-  if (w.dtype() != mx::float32 || w.ndim() != 2) throw std::invalid_argument("[cpu_kernels] w must be (N, K) float32");
-  check_x(x, w.shape(1));
+  check_matmul(x, 32, 0, {w});
   auto s = mx::to_stream(mx::Device::cpu);
   std::vector<mx::array> inputs = {mx::contiguous(x, false, s), mx::contiguous(w, false, s)};
   return mx::array(out_shape(x, w), mx::float32, std::make_shared<CpuMatmul>(s, isa_or_best(isa), 0, 32), std::move(inputs));
+}
+
+std::vector<cpuk::LinearKind> linear_kinds(const std::vector<std::pair<int, int>>& kinds) {
+  std::vector<cpuk::LinearKind> out;
+  for (auto [bits, group] : kinds) out.push_back({bits, group});
+  return out;
 }
 
 std::vector<std::string> runnable_isas() {
@@ -347,10 +368,8 @@ NB_MODULE(_cpu_kernels, m) {
            const std::vector<float>& eps, const std::string& isa) {
           if (dims.size() != 7 || eps.size() != 3)
             throw std::invalid_argument("[cpu_kernels] deltanet_decode: 7 dims and 3 eps");
-          std::vector<cpuk::LinearKind> linear_kinds;
-          for (auto [bits, group] : kinds) linear_kinds.push_back({bits, group});
           const cpuk::DeltaNetShape shape{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], eps[0], eps[1], eps[2]};
-          auto out = cpuk::deltanet_decode(arrays, linear_kinds, shape, isa_or_best(isa));
+          auto out = cpuk::deltanet_decode(arrays, linear_kinds(kinds), shape, isa_or_best(isa));
           return nb::make_tuple(out[0], out[1], out[2]);
         },
         nb::arg("arrays"), nb::arg("kinds"), nb::arg("dims"), nb::arg("eps"), nb::arg("isa") = "",
@@ -362,11 +381,9 @@ NB_MODULE(_cpu_kernels, m) {
            const std::vector<float>& floats, bool front, const std::string& isa) {
           if (dims.size() != 7 || floats.size() != 2)
             throw std::invalid_argument("[cpu_kernels] attention_decode: 7 dims and 2 floats");
-          std::vector<cpuk::LinearKind> linear_kinds;
-          for (auto [bits, group] : kinds) linear_kinds.push_back({bits, group});
           const cpuk::AttentionShape shape{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], floats[0], floats[1]};
-          if (!front) return nb::object(nb::cast(cpuk::attention_decode_back(arrays, linear_kinds, shape, isa_or_best(isa))[0]));
-          auto out = cpuk::attention_decode_front(arrays, linear_kinds, shape, isa_or_best(isa));
+          if (!front) return nb::object(nb::cast(cpuk::attention_decode_back(arrays, linear_kinds(kinds), shape, isa_or_best(isa))[0]));
+          auto out = cpuk::attention_decode_front(arrays, linear_kinds(kinds), shape, isa_or_best(isa));
           return nb::object(nb::make_tuple(out[0], out[1], out[2], out[3]));
         },
         nb::arg("arrays"), nb::arg("kinds"), nb::arg("dims"), nb::arg("floats"), nb::arg("front"), nb::arg("isa") = "",
