@@ -78,9 +78,9 @@ KERNEL_LAYERS = (KernelQuantizedLinear, KernelHalfLinear, KernelQuantizedEmbeddi
 
 
 def projection(layer: nn.Module):
-    """``((bits, group), weights)`` for a kernel's own product with ``layer`` (``kernels.deltanet_decode``):
-    4 or 8 with weight, scales and biases, 16 with a bf16/fp16 weight, 32 with an fp32 one; None
-    for anything else (a bias, a LoRA adapter, another mode), which then runs as a layer."""
+    """``((bits, group), weights)`` for a kernel's own product with ``layer``: 4 or 8 with weight,
+    scales and biases, 16 with a bf16/fp16 weight, 32 with an fp32 one; None for anything else (a
+    bias, a LoRA adapter, another mode), which then runs as a layer."""
     if "bias" in layer:
         return None
     if type(layer) is KernelQuantizedLinear:
@@ -90,3 +90,12 @@ def projection(layer: nn.Module):
     if type(layer) in (nn.Linear, GemvLinear) and layer["weight"].dtype == mx.float32:
         return (32, 0), [layer["weight"]]
     return None
+
+
+def stored(*layers: nn.Module):
+    """``(kinds, weights)`` of ``layers`` for the kernels' own products with them (``kernels.deltanet_decode``):
+    each layer's ``(bits, group)`` and its arrays, in order; None where one is not ``projection``'s."""
+    found = [projection(layer) for layer in layers]
+    if any(p is None for p in found):
+        return None
+    return [kind for kind, _ in found], [w for _, weights in found for w in weights]

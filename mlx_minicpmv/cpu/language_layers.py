@@ -18,7 +18,7 @@ from mlx_lm.models.gated_delta import normalize_qk
 from ..model.language import MLP, DecoderLayer, GatedAttention, GatedDeltaNet, RoPE
 from . import fast_math, kernels, norm_layers
 from .gated_delta import gated_delta
-from .kernel_layers import projection
+from .kernel_layers import stored
 from .registry import replaces
 
 
@@ -206,21 +206,19 @@ class CpuDecoderLayer(DecoderLayer):
         if x.shape[0] != 1 or type(mlp) is not CpuMLP or not all(
                 a.dtype == mx.float32 for a in (x, conv_state, state, attn.A_log, attn.dt_bias, attn.conv1d.weight)):
             return None
-        projections = [projection(p) for p in (attn.in_proj_qkv, attn.in_proj_z, attn.in_proj_b, attn.in_proj_a,
-                                               attn.out_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)]
-        if any(p is None for p in projections):
-            return None
+        projections = stored(attn.in_proj_qkv, attn.in_proj_z, attn.in_proj_b, attn.in_proj_a, attn.out_proj,
+                             mlp.gate_proj, mlp.up_proj, mlp.down_proj)
         norms = (self.input_layernorm, self.post_attention_layernorm, attn.norm)
-        if any(n["weight"].dtype != mx.float32 for n in norms) or self.input_layernorm.eps != self.post_attention_layernorm.eps:
+        if (projections is None or any(n["weight"].dtype != mx.float32 for n in norms)
+                or self.input_layernorm.eps != self.post_attention_layernorm.eps):
             return None
+        kinds, weights = projections
         arrays = [x, conv_state, state, self.input_layernorm["weight"], self.post_attention_layernorm["weight"],
-                  self.conv_taps(), attn.A_log, attn.dt_bias, attn.norm["weight"]]
-        for _, weights in projections:
-            arrays += weights
-        dims = [x.shape[-1], projections[5][1][0].shape[0], attn.num_k_heads,
+                  self.conv_taps(), attn.A_log, attn.dt_bias, attn.norm["weight"]] + weights
+        dims = [x.shape[-1], mlp.gate_proj["weight"].shape[0], attn.num_k_heads,
                 attn.num_v_heads, attn.head_k_dim, attn.head_v_dim, attn.conv_kernel_size]
         eps = [self.input_layernorm.eps, attn.norm.eps, 1e-6]
-        return kernels.deltanet_decode(arrays, [kind for kind, _ in projections], dims, eps)
+        return kernels.deltanet_decode(arrays, kinds, dims, eps)
 
     def conv_taps(self) -> mx.array:
         """The DeltaNet conv's weight (C, kernel, 1) as (kernel, C), the layout its kernel reads,
@@ -238,28 +236,21 @@ class CpuDecoderLayer(DecoderLayer):
         attn, mlp = self.self_attn, self.mlp
         if type(mlp) is not CpuMLP:
             return None
-        front = [projection(p) for p in (attn.q_proj, attn.k_proj, attn.v_proj)]
-        back = [projection(p) for p in (attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)]
+        front = stored(attn.q_proj, attn.k_proj, attn.v_proj)
+        back = stored(attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
         norms = (self.input_layernorm, self.post_attention_layernorm, attn.q_norm, attn.k_norm)
-        if (any(p is None for p in front + back) or any(n["weight"].dtype != mx.float32 for n in norms)
+        if (front is None or back is None or any(n["weight"].dtype != mx.float32 for n in norms)
                 or len({n.eps for n in norms}) != 1):
             return None
-        dims = [x.shape[-1], back[1][1][0].shape[0], attn.num_attention_heads, attn.num_key_value_heads,
+        dims = [x.shape[-1], mlp.gate_proj["weight"].shape[0], attn.num_attention_heads, attn.num_key_value_heads,
                 attn.head_dim, attn.rope.dims, cache.offset]
         floats = [self.input_layernorm.eps, attn.scale]
-
-        def arrays(projections):
-            return [w for _, weights in projections for w in weights]
-
-        def kinds(projections):
-            return [kind for kind, _ in projections]
-
         q, k, v, gate = kernels.attention_decode(
             [x, self.input_layernorm["weight"], attn.q_norm["weight"], attn.k_norm["weight"], attn.rope.freqs]
-            + arrays(front), kinds(front), dims, floats, True)
+            + front[1], front[0], dims, floats, True)
         keys, values = cache.update_and_fetch(k, v)
         return kernels.attention_decode([x, q, keys, values, gate, self.post_attention_layernorm["weight"]]
-                                        + arrays(back), kinds(back), dims, floats, False)
+                                        + back[1], back[0], dims, floats, False)
 
     def compiles_attention(self, x, mask, cache) -> bool:
         """One token of one sequence through mlx-lm's plain KV cache (4.7's canvas positions and

@@ -55,7 +55,8 @@ def keeps_stored(layer) -> bool:
 def specialise(model) -> Dict[str, int]:
     """Put the CPU specialisations into a loaded ``model``: the registered CPU layers (see
     ``registry.py``) and the CPU's choices for the whole model. Returns the swaps made."""
-    from . import fast_math, gemv_layers, kernel_layers, language_layers, norm_layers, vision_layers  # noqa: F401  (they register their layers)
+    from . import gemv_layers, kernel_layers, language_layers, norm_layers, vision_layers  # noqa: F401  (they register their layers)
+    from .fast_math import logsumexp
     from .allocator import keep_freed_buffers
     from .registry import swap_layers
 
@@ -65,7 +66,7 @@ def specialise(model) -> Dict[str, int]:
     # cache (a 1088-patch frame took 3.4 s alone against 4.3 s a frame in batches of 4).
     model.patches_per_pass = 1
     # MLX's CPU exp is scalar: 3 ms of a decoded token's log-probabilities over 248k logits
-    model.logsumexp = fast_math.logsumexp
+    model.logsumexp = logsumexp
     if not isinstance(model.language_model.embed_tokens, gemv_layers.GemvEmbedding):
         gemv_layers.transpose_tied_head(model)
     return counts

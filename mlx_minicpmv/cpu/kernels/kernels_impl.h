@@ -377,15 +377,15 @@ void max_sum_exp_t(const float* x, long n, float* top_out, float* sum_out, bool*
   }
   *nan = nans != nans;
   *top_out = top;
-  if (top == -__builtin_huge_valf() || top == __builtin_huge_valf()) {
-    *sum_out = top == __builtin_huge_valf() ? 1.0f : 0.0f;
+  if (top == -__builtin_huge_valf() || top == __builtin_huge_valf()) {  // the caller's answer is the top itself
+    *sum_out = 0.0f;
     return;
   }
   const T mv = V::bcast(top);
   T acc = V::zero();
   for (long i = 0; i < body; i += L) acc = V::add(acc, exp_v<V>(V::sub(V::load(x + i), mv)));
   float sum = V::hsum(acc);
-  if (body < n) {  // the tail through one more vector, padded with -inf's e^-80 counted out
+  if (body < n) {  // the tail through one more vector, padded, its padding not counted
     float pad[L];
     for (int i = 0; i < L; ++i) pad[i] = body + i < n ? x[body + i] : top;
     float e[L];
