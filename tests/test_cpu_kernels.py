@@ -14,7 +14,7 @@ from mlx_minicpmv import load
 from mlx_minicpmv.convert import convert
 from mlx_minicpmv.cpu import gemv, seam
 from mlx_minicpmv.cpu import kernels as cpu_kernels
-from mlx_minicpmv.cpu.kernel_layers import KERNEL_LAYERS
+from mlx_minicpmv.cpu.kernel_layers import KERNEL_LAYERS, stored
 from mlx_minicpmv.generate import stream_tokens
 from tests.media import noise_image
 
@@ -442,6 +442,32 @@ def test_a_decoder_layer_decodes_in_one_kernel_as_in_its_ops(ext, tiny, converte
         assert lm.layers[3].fused_attention(x, cache[3]) is None
     finally:
         mlp.up_proj, attn.q_proj = base, q_proj  # tiny.load()'s model is shared by the session
+
+
+def test_a_fused_step_refuses_weights_it_cannot_read(ext, converted):
+    """A mismatched checkpoint reaching the fused decode step: an error naming the step, the
+    projection and what is wrong, from the same check as the matmuls'; nothing computed."""
+    model, _ = load(converted["4-bit"])
+    lm = model.language_model
+    cache = lm.make_cache()
+    mx.eval(lm(lm.embed_tokens(mx.array([[20, 21, 22]])), cache=cache))
+    layer = lm.layers[0]
+    x = mx.zeros((1, 1, layer.input_layernorm.weight.size))
+    attn, mlp = layer.linear_attn, layer.mlp
+    kinds, weights = stored(attn.in_proj_qkv, attn.in_proj_z, attn.in_proj_b, attn.in_proj_a, attn.out_proj,
+                            mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+    arrays = [x, cache[0][0], cache[0][1], layer.input_layernorm["weight"], layer.post_attention_layernorm["weight"],
+              layer.conv_taps(), attn.A_log, attn.dt_bias, attn.norm["weight"]]
+    dims = [x.shape[-1], mlp.gate_proj["weight"].shape[0], attn.num_k_heads, attn.num_v_heads, attn.head_k_dim,
+            attn.head_v_dim, attn.conv_kernel_size]
+    wrong = list(weights)
+    wrong[4] = wrong[4][:, :-1]  # in_proj_z's scales one group short (qkv's three arrays, z's weight, its scales)
+    with pytest.raises(ValueError, match=r"deltanet_decode: projection 1: scales and biases must be \(N, K / group_size\)"):
+        cpu_kernels.deltanet_decode(arrays + wrong, kinds, dims, [1e-6, 1e-6, 1e-6])
+    with pytest.raises(ValueError, match="deltanet_decode: projection 0: group_size must be 32, 64 or 128"):
+        cpu_kernels.deltanet_decode(arrays + weights, [(4, 16)] + kinds[1:], dims, [1e-6, 1e-6, 1e-6])
+    with pytest.raises(ValueError, match="one array a weight, three a quantised one"):
+        cpu_kernels.deltanet_decode(arrays + weights[:-1], kinds, dims, [1e-6, 1e-6, 1e-6])
 
 
 def test_weights_stay_small(ext, converted):
