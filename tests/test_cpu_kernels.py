@@ -154,6 +154,28 @@ def test_fp16_subnormals_and_the_tiled_gemm_over_several_tiles(ext):
         close(cpu_kernels.half_matmul(x[:1], w, isa=isa), x[:1] @ w.astype(mx.float32).T)
 
 
+def cpu_vendor_and_family():
+    """(vendor id, CPU family) from /proc/cpuinfo, as CPUID gives them (the family already
+    extended: 25 for AMD's family 19h)."""
+    fields = dict(line.split(":", 1) for line in open("/proc/cpuinfo").read().split("\n\n")[0].splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    return fields.get("vendor_id", ""), int(fields.get("cpu family", "0") or 0)
+
+
+def test_the_default_kernels_are_the_best_measured_for_this_cpu(ext):
+    """VNNI's GEMV for both widths of weights, but on AMD's Zen 4 (family 19h with AVX-512),
+    which halves 512-bit ops, for 4-bit ones only (avx512vnni4); both sets are offered wherever
+    either runs, so the tests above cover each."""
+    names = ext.runnable_isas()
+    assert names[-1] == "scalar" and cpu_kernels.isa() == names[0]
+    assert ("avx512vnni" in names) == ("avx512vnni4" in names)
+    if "avx512vnni" in names:
+        zen4 = cpu_vendor_and_family() == ("AuthenticAMD", 0x19)
+        vnni_first = [n for n in names if n.startswith("avx512vnni")][0]
+        assert vnni_first == ("avx512vnni4" if zen4 else "avx512vnni")
+        assert names[0] in ("amx", vnni_first)
+
+
 @pytest.mark.skipif("amx" not in isas(), reason="this CPU (or its OS) has no AMX tile unit")
 @pytest.mark.parametrize("M,K,N", [(4, 64, 16), (33, 1000, 50), (300, 100, 70), (257, 1152, 96), (260, 2210, 40)])  # tails of k, rows, passes, blocks of K
 def test_the_amx_gemm_keeps_all_of_x(ext, M, K, N):
