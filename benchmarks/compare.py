@@ -11,7 +11,11 @@ with each implementation's own converter, and sets up mlx-vlm in its own environ
 (benchmarks/out/venv-vlm: the same MLX version, the same BLAS). Then each implementation and
 precision runs in a process of its own (benchmarks/bench.py, peers/mlx_vlm_peer.py,
 peers/transformers_peer.py), printing each figure as it has it; a process past its time
-limit is stopped and its missing figures show as "timeout". The table prints each figure, our
+limit is stopped and its missing figures show as "timeout". The implementations take turns, one
+repeat each at a time (``--no-interleave``: all of one's repeats, then the next's), because a
+shared machine's speed drifts by tens of percent over minutes, and a ratio should not depend on
+which implementation drew the slow ones; the memory bandwidth is probed after every turn and
+the best probe kept. The table prints each figure, our
 ratio to each peer (above 1: we are faster), the machine's memory bandwidth and the decode
 roofline it implies, and goes to benchmarks/out/compare.{json,md}.
 """
@@ -19,6 +23,7 @@ roofline it implies, and goes to benchmarks/out/compare.{json,md}.
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -223,6 +228,25 @@ def run(cmd, timeout_s: float, label: str, asked) -> dict:
     return rows
 
 
+def merged(passes: list) -> dict:
+    """One runner's rows from its passes: the median value (of every repeat, when a pass ran
+    several), the largest peak, the runs counted; an error only where no pass measured the row."""
+    rows = {"_asked": passes[0]["_asked"], "_stopped": any(p["_stopped"] for p in passes),
+            "_seconds": sum(p["_seconds"] for p in passes)}
+    for figure in {f for p in passes for f in p if not f.startswith("_")}:
+        got = [p[figure] for p in passes if figure in p]
+        ok = [r for r in got if "value" in r]
+        if not ok:
+            rows[figure] = got[0]
+            continue
+        values = [v for r in ok for v in r.get("values", [r["value"]])]
+        rows[figure] = {**ok[-1], "value": statistics.median(values), "values": values,
+                        "runs": sum(r.get("runs", 1) for r in ok)}
+        if any("peak_gb" in r for r in ok):
+            rows[figure]["peak_gb"] = max(r["peak_gb"] for r in ok if "peak_gb" in r)
+    return rows
+
+
 def cell(rows: dict, figure: str):
     r = rows.get(figure)
     if r is None:  # stopped before it, or not asked of this runner (or not measured by it)
@@ -280,6 +304,8 @@ def main():
                         help="time limit of a peer at a precision other than float32")
     parser.add_argument("--video-variants", nargs="*", default=["float32"],
                         help="precisions that run the video and follow-up rows")
+    parser.add_argument("--no-interleave", dest="interleave", action="store_false",
+                        help="each implementation's repeats in one process, one after the other (default: in turns)")
     parser.add_argument("--table-only", action="store_true", help="print the table of the last run again")
     parser.add_argument("--native-openblas", action="store_true",
                         help=f"drop {' and '.join(OPENBLAS_OVERRIDES)} from every runner's environment")
@@ -307,25 +333,33 @@ def main():
     results = {}
     for variant in args.variants:
         rows = [r for r in args.rows if variant in args.video_variants or r not in ("video60", "followup")]
-        common = ["--media", media, "--rows", *rows, "--repeats", args.repeats, "--row-budget-s", args.row_budget_s]
         timeout = args.timeout_s if variant == "float32" else args.peer_variant_timeout_s
-        impls = {}
+        jobs = []  # (implementation, command without the common options, time limit, rows it measures)
         if "ours" in args.impls:
-            impls["ours"] = run([sys.executable, ROOT / "benchmarks" / "bench.py", "--model", out / f"mlx-{variant}", *common],
-                                args.timeout_s, f"ours {variant}", rows)
+            jobs.append(("ours", [sys.executable, ROOT / "benchmarks" / "bench.py", "--model", out / f"mlx-{variant}"],
+                         args.timeout_s, rows))
         if "mlx-vlm" in args.impls:
-            impls["mlx-vlm"] = run([vlm_python(out), ROOT / "benchmarks" / "peers" / "mlx_vlm_peer.py", "--model",
-                                    out / f"vlm-{variant}", *common], timeout, f"mlx-vlm {variant}",
-                                   [r for r in rows if r != "followup"])
+            jobs.append(("mlx-vlm", [vlm_python(out), ROOT / "benchmarks" / "peers" / "mlx_vlm_peer.py", "--model",
+                                     out / f"vlm-{variant}"], timeout, [r for r in rows if r != "followup"]))
         if "transformers" in args.impls and variant in ("float32", "bfloat16"):
-            impls["transformers"] = run([sys.executable, ROOT / "benchmarks" / "peers" / "transformers_peer.py",
-                                         "--model", hf, "--dtype", variant, *common], timeout, f"transformers {variant}",
-                                         [r for r in rows if r != "followup"])
+            jobs.append(("transformers", [sys.executable, ROOT / "benchmarks" / "peers" / "transformers_peer.py",
+                                          "--model", hf, "--dtype", variant], timeout, [r for r in rows if r != "followup"]))
         if "llama.cpp" in args.impls and variant in LLAMA_CPP_QUANTS:
-            impls["llama.cpp"] = run([sys.executable, ROOT / "benchmarks" / "peers" / "llama_cpp_peer.py",
-                                      "--hf", hf, "--quant", LLAMA_CPP_QUANTS[variant], "--out", out, *common],
-                                     timeout, f"llama.cpp {LLAMA_CPP_QUANTS[variant]}",
-                                     [r for r in rows if r not in ("video60", "followup")])
+            jobs.append(("llama.cpp", [sys.executable, ROOT / "benchmarks" / "peers" / "llama_cpp_peer.py",
+                                       "--hf", hf, "--quant", LLAMA_CPP_QUANTS[variant], "--out", out], timeout,
+                         [r for r in rows if r not in ("video60", "followup")]))
+        # Taken in turns, a repeat of each implementation after the other, so that a shared machine's
+        # slow minutes fall on all of them alike (with --no-interleave each runs its repeats in one go).
+        passes = args.repeats if args.interleave else 1
+        per_pass = 1 if args.interleave else args.repeats
+        runs = {impl: [] for impl, *_ in jobs}
+        for n in range(passes):
+            for impl, cmd, limit, asked in jobs:
+                common = ["--media", media, "--rows", *rows, "--repeats", per_pass, "--row-budget-s", args.row_budget_s]
+                label = f"{impl} {LLAMA_CPP_QUANTS[variant] if impl == 'llama.cpp' else variant}"
+                runs[impl].append(run(cmd + common, limit, label + (f" ({n + 1}/{passes})" if passes > 1 else ""), asked))
+            bandwidth = max(bandwidth, bandwidth_gbs())  # the roofline is the best probe of the run
+        impls = {impl: merged(impl_runs) for impl, impl_runs in runs.items()}
         results[variant] = impls
         write_atomic(out / "compare.json", json.dumps(dict(bandwidth_gbs=bandwidth, weight_bytes=weight_bytes,
                                                            convert=stats, results=results), indent=2))
