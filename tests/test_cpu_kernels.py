@@ -475,13 +475,13 @@ def test_a_fused_step_refuses_weights_it_cannot_read(ext, converted):
     mx.eval(lm(lm.embed_tokens(mx.array([[20, 21, 22]])), cache=cache))
     layer = lm.layers[0]
     x = mx.zeros((1, 1, layer.input_layernorm.weight.size))
+    planned, kinds, dims, _ = layer.deltanet_plan()  # the norms, the conv's taps and gates, then the projections'
     attn, mlp = layer.linear_attn, layer.mlp
-    kinds, weights = stored(attn.in_proj_qkv, attn.in_proj_z, attn.in_proj_b, attn.in_proj_a, attn.out_proj,
-                            mlp.gate_proj, mlp.up_proj, mlp.down_proj)
-    arrays = [x, cache[0][0], cache[0][1], layer.input_layernorm["weight"], layer.post_attention_layernorm["weight"],
-              layer.conv_taps(), attn.A_log, attn.dt_bias, attn.norm["weight"]]
-    dims = [x.shape[-1], mlp.gate_proj["weight"].shape[0], attn.num_k_heads, attn.num_v_heads, attn.head_k_dim,
-            attn.head_v_dim, attn.conv_kernel_size]
+    stored_kinds, stored_weights = stored(attn.in_proj_qkv, attn.in_proj_z, attn.in_proj_b, attn.in_proj_a,
+                                          attn.out_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+    assert kinds == stored_kinds and len(planned) == 6 + len(stored_weights)
+    assert all(a is b for a, b in zip(planned[6:], stored_weights))
+    arrays, weights = [x, cache[0][0], cache[0][1]] + planned[:6], planned[6:]
     wrong = list(weights)
     wrong[4] = wrong[4][:, :-1]  # in_proj_z's scales one group short (qkv's three arrays, z's weight, its scales)
     with pytest.raises(ValueError, match=r"deltanet_decode: projection 1: scales and biases must be \(N, K / group_size\)"):

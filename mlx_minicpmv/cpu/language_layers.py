@@ -202,9 +202,20 @@ class CpuDecoderLayer(DecoderLayer):
         primitive (MLX's ~6 us an op made ~90 ops cost more than the layer's 4-bit matmuls), or
         None where it does not apply: a projection that is not a plain layer of stored weights
         (a LoRA adapter, a bias), a batch, or activations not in float32."""
+        if x.shape[0] != 1 or not x.dtype == conv_state.dtype == state.dtype == mx.float32:
+            return None
+        plan = self.planned("_deltanet_plan", (self.linear_attn, self.mlp, self.input_layernorm,
+                                               self.post_attention_layernorm), self.deltanet_plan)
+        if plan is None:
+            return None
+        arrays, kinds, dims, eps = plan
+        return kernels.deltanet_decode([x, conv_state, state] + arrays, kinds, dims, eps)
+
+    def deltanet_plan(self):
+        """``fused_step``'s arguments besides the token and the state, or None where the layer
+        is not for it."""
         attn, mlp = self.linear_attn, self.mlp
-        if x.shape[0] != 1 or type(mlp) is not CpuMLP or not all(
-                a.dtype == mx.float32 for a in (x, conv_state, state, attn.A_log, attn.dt_bias, attn.conv1d.weight)):
+        if type(mlp) is not CpuMLP or not all(a.dtype == mx.float32 for a in (attn.A_log, attn.dt_bias, attn.conv1d.weight)):
             return None
         projections = stored(attn.in_proj_qkv, attn.in_proj_z, attn.in_proj_b, attn.in_proj_a, attn.out_proj,
                              mlp.gate_proj, mlp.up_proj, mlp.down_proj)
@@ -213,26 +224,50 @@ class CpuDecoderLayer(DecoderLayer):
                 or self.input_layernorm.eps != self.post_attention_layernorm.eps):
             return None
         kinds, weights = projections
-        arrays = [x, conv_state, state, self.input_layernorm["weight"], self.post_attention_layernorm["weight"],
-                  self.conv_taps(), attn.A_log, attn.dt_bias, attn.norm["weight"]] + weights
-        dims = [x.shape[-1], mlp.gate_proj["weight"].shape[0], attn.num_k_heads,
+        taps = mx.contiguous(attn.conv1d.weight[:, :, 0].T)  # (C, kernel, 1) as (kernel, C), the layout its kernel reads
+        arrays = [self.input_layernorm["weight"], self.post_attention_layernorm["weight"], taps, attn.A_log,
+                  attn.dt_bias, attn.norm["weight"]] + weights
+        dims = [self.input_layernorm["weight"].size, mlp.gate_proj["weight"].shape[0], attn.num_k_heads,
                 attn.num_v_heads, attn.head_k_dim, attn.head_v_dim, attn.conv_kernel_size]
         eps = [self.input_layernorm.eps, attn.norm.eps, 1e-6]
-        return kernels.deltanet_decode(arrays, kinds, dims, eps)
+        return arrays, kinds, dims, eps
 
-    def conv_taps(self) -> mx.array:
-        """The DeltaNet conv's weight (C, kernel, 1) as (kernel, C), the layout its kernel reads,
-        made once for each weight array the layer holds rather than every token."""
-        weight = self.linear_attn.conv1d.weight
-        if getattr(self, "_taps_of", None) is not weight:
-            object.__setattr__(self, "_taps", mx.contiguous(weight[:, :, 0].T))
-            object.__setattr__(self, "_taps_of", weight)
-        return self._taps
+    def planned(self, name: str, modules, make):
+        """``make()``, made once and kept while every module and array under ``modules`` (two
+        levels down: a projection's weights) is the same object: a LoRA adapter put in or
+        weights loaded make it again. Gathering and checking a layer's ~30 arrays through
+        nn.Module's attributes took more of a decoded token than comparing their identities."""
+        objects = []
+        for module in modules:
+            objects.append(module)
+            for child in module.values():
+                objects.append(child)
+                if isinstance(child, dict):
+                    objects.extend(child.values())
+        key = list(map(id, objects))
+        kept = getattr(self, name, None)
+        if kept is None or kept[0] != key:
+            kept = (key, objects, make())  # the objects held, so that no other takes one's id
+            object.__setattr__(self, name, kept)
+        return kept[2]
 
     def fused_attention(self, x, cache):
         """The token through ``kernels.attention_decode``: everything before the KV cache update
         as one primitive and everything after it as another, or None where a projection is not a
         plain layer of stored weights or the norms differ from what the kernels take."""
+        plan = self.planned("_attention_plan", (self.self_attn, self.mlp, self.input_layernorm,
+                                                self.post_attention_layernorm), self.attention_plan)
+        if plan is None:
+            return None
+        front, front_kinds, back, back_kinds, dims, floats = plan
+        dims = dims + [cache.offset]
+        q, k, v, gate = kernels.attention_decode([x] + front, front_kinds, dims, floats, True)
+        keys, values = cache.update_and_fetch(k, v)
+        return kernels.attention_decode([x, q, keys, values, gate] + back, back_kinds, dims, floats, False)
+
+    def attention_plan(self):
+        """``fused_attention``'s arguments besides the token and the cache: the front's arrays and
+        kinds, the back's, the dims but the offset, the floats; None where the layer is not for it."""
         attn, mlp = self.self_attn, self.mlp
         if type(mlp) is not CpuMLP:
             return None
@@ -242,15 +277,12 @@ class CpuDecoderLayer(DecoderLayer):
         if (front is None or back is None or any(n["weight"].dtype != mx.float32 for n in norms)
                 or len({n.eps for n in norms}) != 1):
             return None
-        dims = [x.shape[-1], mlp.gate_proj["weight"].shape[0], attn.num_attention_heads, attn.num_key_value_heads,
-                attn.head_dim, attn.rope.dims, cache.offset]
+        dims = [self.input_layernorm["weight"].size, mlp.gate_proj["weight"].shape[0], attn.num_attention_heads,
+                attn.num_key_value_heads, attn.head_dim, attn.rope.dims]
         floats = [self.input_layernorm.eps, attn.scale]
-        q, k, v, gate = kernels.attention_decode(
-            [x, self.input_layernorm["weight"], attn.q_norm["weight"], attn.k_norm["weight"], attn.rope.freqs]
-            + front[1], front[0], dims, floats, True)
-        keys, values = cache.update_and_fetch(k, v)
-        return kernels.attention_decode([x, q, keys, values, gate, self.post_attention_layernorm["weight"]]
-                                        + back[1], back[0], dims, floats, False)
+        front_arrays = [self.input_layernorm["weight"], attn.q_norm["weight"], attn.k_norm["weight"], attn.rope.freqs]
+        return (front_arrays + front[1], front[0], [self.post_attention_layernorm["weight"]] + back[1], back[0],
+                dims, floats)
 
     def compiles_attention(self, x, mask, cache) -> bool:
         """One token of one sequence through mlx-lm's plain KV cache (4.7's canvas positions and
