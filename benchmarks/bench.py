@@ -78,7 +78,7 @@ def main():
     rows = {"prefill": prefill, "decode": decode, "followup": follow_up}
     rows.update({r: (lambda r=r: first_token(model, media_inputs(r))) for r in MEDIA})
     for row in args.rows:
-        measure(row, rows[row], args.repeats, args.row_budget_s)
+        measure(row, rows[row], args.repeats, args.row_budget_s, args.warmup)
 
 
 if __name__ == "__main__":

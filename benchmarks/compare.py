@@ -14,8 +14,10 @@ peers/transformers_peer.py), printing each figure as it has it; a process past i
 limit is stopped and its missing figures show as "timeout". The implementations take turns, one
 repeat each at a time (``--no-interleave``: all of one's repeats, then the next's), because a
 shared machine's speed drifts by tens of percent over minutes, and a ratio should not depend on
-which implementation drew the slow ones; the memory bandwidth is probed after every turn and
-the best probe kept. The table prints each figure, our
+which implementation drew the slow ones. Each turn is a process of its own, so the MLX runners
+run each row once untimed first (``--warmup 1``: the one-time costs of a first run, such as the
+read of the vision weights on the first image, which llama.cpp's figures leave out too). The
+memory bandwidth is probed after every turn and the best probe kept. The table prints each figure, our
 ratio to each peer (above 1: we are faster), the machine's memory bandwidth and the decode
 roofline it implies, and goes to benchmarks/out/compare.{json,md}.
 """
@@ -356,6 +358,8 @@ def main():
         for n in range(passes):
             for impl, cmd, limit, asked in jobs:
                 common = ["--media", media, "--rows", *rows, "--repeats", per_pass, "--row-budget-s", args.row_budget_s]
+                if args.interleave and impl != "llama.cpp":  # llama-bench warms up by itself; its images are whole runs
+                    common += ["--warmup", 1]
                 label = f"{impl} {LLAMA_CPP_QUANTS[variant] if impl == 'llama.cpp' else variant}"
                 runs[impl].append(run(cmd + common, limit, label + (f" ({n + 1}/{passes})" if passes > 1 else ""), asked))
             bandwidth = max(bandwidth, bandwidth_gbs())  # the roofline is the best probe of the run

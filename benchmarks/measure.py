@@ -29,6 +29,9 @@ def arguments(description: str):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--row-budget-s", type=float, default=240.0,
                         help="no further repeat of a row once its runs have taken this long")
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="untimed runs of each row first: a process's first run of a row also pays its "
+                             "one-time costs (compiling, the first read of lazily loaded weights, buffers)")
     return parser.parse_args()
 
 
@@ -42,12 +45,16 @@ def report(row: str, **fields):
     print("ROW " + json.dumps(dict(row=row, **fields)), flush=True)
 
 
-def measure(row: str, fn, repeats: int, budget_s: float):
+def measure(row: str, fn, repeats: int, budget_s: float, warmup: int = 0):
     """``fn() -> (value, peak_gb, info)`` up to ``repeats`` times (fewer once ``budget_s`` have
-    gone): reports the median value, the largest peak and the number of runs. An exception is
-    reported as the row's error, and the runner goes on with the next row."""
+    gone), after ``warmup`` untimed runs: reports the median value, the largest peak and the
+    number of runs. An exception is reported as the row's error, and the runner goes on with the
+    next row."""
     runs, start = [], time.perf_counter()
     try:
+        for _ in range(warmup):
+            fn()
+        start = time.perf_counter()
         while len(runs) < repeats:
             runs.append(fn())
             if time.perf_counter() - start > budget_s:

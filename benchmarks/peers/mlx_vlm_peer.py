@@ -78,7 +78,7 @@ def main():
     rows = {"prefill": prefill, "decode": decode, **{r: with_media(r) for r in MEDIA}}
     for row in args.rows:
         if row in rows:  # no follow-up row: its stream_generate caches image features only, not video
-            measure(row, rows[row], args.repeats, args.row_budget_s)
+            measure(row, rows[row], args.repeats, args.row_budget_s, args.warmup)
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ def main():
     rows = {"prefill": prefill, "decode": decode, **{r: with_media(r) for r in MEDIA}}
     for row in args.rows:
         if row in rows:  # no follow-up row: generate() keeps no chat state between calls
-            measure(row, rows[row], args.repeats, args.row_budget_s)
+            measure(row, rows[row], args.repeats, args.row_budget_s, args.warmup)
 
 
 if __name__ == "__main__":
