@@ -353,15 +353,15 @@ def main():
         # Taken in turns, a repeat of each implementation after the other, so that a shared machine's
         # slow minutes fall on all of them alike (with --no-interleave each runs its repeats in one go).
         passes = args.repeats if args.interleave else 1
-        per_pass = 1 if args.interleave else args.repeats
+        common = ["--media", media, "--rows", *rows, "--repeats", 1 if args.interleave else args.repeats,
+                  "--row-budget-s", args.row_budget_s]
+        warmup = ["--warmup", 1] if args.interleave else []  # not for llama.cpp: llama-bench warms up by itself
         runs = {impl: [] for impl, *_ in jobs}
         for n in range(passes):
             for impl, cmd, limit, asked in jobs:
-                common = ["--media", media, "--rows", *rows, "--repeats", per_pass, "--row-budget-s", args.row_budget_s]
-                if args.interleave and impl != "llama.cpp":  # llama-bench warms up by itself; its images are whole runs
-                    common += ["--warmup", 1]
                 label = f"{impl} {LLAMA_CPP_QUANTS[variant] if impl == 'llama.cpp' else variant}"
-                runs[impl].append(run(cmd + common, limit, label + (f" ({n + 1}/{passes})" if passes > 1 else ""), asked))
+                runs[impl].append(run(cmd + common + (warmup if impl != "llama.cpp" else []), limit,
+                                      label + (f" ({n + 1}/{passes})" if passes > 1 else ""), asked))
             bandwidth = max(bandwidth, bandwidth_gbs())  # the roofline is the best probe of the run
         impls = {impl: merged(impl_runs) for impl, impl_runs in runs.items()}
         results[variant] = impls

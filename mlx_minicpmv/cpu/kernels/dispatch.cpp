@@ -64,8 +64,8 @@ bool halves_512_bit_ops() {
   unsigned a, b, c, d;
   if (!__get_cpuid(0, &a, &b, &c, &d) || b != 0x68747541u) return false;  // "Auth" of AuthenticAMD
   if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
-  const unsigned family = ((a >> 8) & 0xf) + ((a >> 8 & 0xf) == 0xf ? (a >> 20) & 0xff : 0);
-  return family == 0x19;
+  const unsigned base = (a >> 8) & 0xf;  // the family: base, plus the extended one where base is 0xf
+  return base + (base == 0xf ? (a >> 20) & 0xff : 0) == 0x19;
 #else
   return false;
 #endif
