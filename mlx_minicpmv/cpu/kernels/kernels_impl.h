@@ -45,7 +45,7 @@ void spread_rows(int n0, int n1, F&& f) {
 // allows (a scalar conversion per group was a third of a 4-bit GEMV's work: a group of 64 is
 // two vector steps there).
 template <class V>
-void widen_groups(const void* p, Float dtype, long first, int n, float* out) {
+[[gnu::always_inline]] inline void widen_groups(const void* p, Float dtype, long first, int n, float* out) {
   int g = 0;
   if (dtype == Float::bf16) {
     for (; g + V::L <= n; g += V::L) V::store(out + g, V::bf16(static_cast<const uint16_t*>(p) + first + g));
@@ -65,8 +65,10 @@ constexpr int kScaleRowsAhead = 8;
 
 // Groups [g0, g0 + n) of row `row`'s scales and biases widened into scales and biases, and the
 // biases' share of its product, Σ_g bias·xsum[g], added into bias_total (and bias_tail).
+// Inlined by force: GCC 12 made it a call, whose vzeroupper and spills came once a row, and at
+// K = 1024 a row is only 16 groups.
 template <class V>
-void widen_row_groups(const Quantized& q, long row, int g0, int n, const float* xsum, float* scales, float* biases,
+[[gnu::always_inline]] inline void widen_row_groups(const Quantized& q, long row, int g0, int n, const float* xsum, float* scales, float* biases,
                       typename V::T& bias_total, float& bias_tail) {
   const long first = row * (q.K / q.group) + g0;
   const long ahead = (first + kScaleRowsAhead * static_cast<long>(q.K / q.group)) * (q.dtype == Float::f32 ? 4 : 2);

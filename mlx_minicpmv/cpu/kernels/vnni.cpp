@@ -8,8 +8,8 @@
 //
 // x cannot be rounded to int8 as ggml does (8 bits of x; MLX's quantised matmul keeps x in fp32),
 // so each value goes in as three signed 8-bit digits scaled per group: x ≈ sx·(65536·h + 256·m + l),
-// 24 bits, fp32's own precision, and each digit's dot product is exact in int32. Three dot
-// products where one would do, and still bound by memory, not by the ops.
+// 24 bits, fp32's own precision, and each digit's dot product is exact in int32: three dot
+// products where one would do.
 
 #include <immintrin.h>
 
@@ -89,16 +89,28 @@ void x_digits(const float* x, int K, int group, int bits, int8_t* digits, float*
   bits == 4 ? x_digits_t<4>(x, K, group, digits, xscale, xsum) : x_digits_t<8>(x, K, group, digits, xscale, xsum);
 }
 
-// R spread rows (spread_rows) against x's digits: per block and row, the digits' dot products
-// into one int32 vector (h's shifted up before m's are added, then m's before l's), whose lanes
-// are scaled by their groups' scale·sx into the row's float total; the biases' share as in the
-// float GEMV.
+// 16 of a row's scales or biases from group `first` (masked: groups past the row's end read as 0).
+inline __m512 load_groups(const void* p, Float dtype, long first, __mmask16 m) {
+  if (dtype == Float::f32) return _mm512_maskz_loadu_ps(m, static_cast<const float*>(p) + first);
+  const __m256i h = _mm512_castsi512_si256(_mm512_maskz_loadu_epi16(m, static_cast<const uint16_t*>(p) + first));
+  if (dtype == Float::f16) return _mm512_cvtph_ps(h);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+// R spread rows (spread_rows) against x's digits, 16 groups at a time: their scales times x's in
+// one vector, from which each block's lanes take theirs by a permute in registers, and the
+// biases' share (Σ_g bias·xsum[g]) added into the same total. Per block and row, the digits' dot
+// products go into one int32 vector (h's shifted up before m's are added, then m's before l's).
+// Why in registers: at K = 1024 a row is 8 blocks, and widening its groups through memory, as the
+// float GEMV does, took as long as the blocks' dot products.
 template <int BITS, int GROUP, int R>
 void qgemv_rows(const Quantized& q, const int8_t* digits, const float* xscale, const float* xsum, const int* rows,
                 float* y) {
   using Lay = Layout<BITS>;
+  constexpr int chunk_blocks = 16 * GROUP / Lay::block;  // the blocks of 16 groups
   const int G = q.K / GROUP;
   const long row_bytes = static_cast<long>(q.K) * BITS / 8;
+  const int blocks = static_cast<int>((q.K + Lay::block - 1) / Lay::block);
   // each lane's group, counted from the block's first (a group may span blocks: then all 0)
   const __m512i lane_group = _mm512_srli_epi32(
       _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
@@ -106,32 +118,32 @@ void qgemv_rows(const Quantized& q, const int8_t* digits, const float* xscale, c
       __builtin_ctz(GROUP));
   const __m512i nibble = _mm512_set1_epi8(0x0f);
   const uint8_t* base[R];
-  __m512 total[R], bias_total[R];
-  alignas(64) float scales[R][kGroupBlock + 16], biases[R][kGroupBlock];  // + 16: a block's scales are read as a vector
-  float bias_tail[R] = {};
+  __m512 total[R];
   for (int r = 0; r < R; ++r) {
     base[r] = reinterpret_cast<const uint8_t*>(q.w) + rows[r] * row_bytes;
-    total[r] = bias_total[r] = _mm512_setzero_ps();
+    total[r] = _mm512_setzero_ps();
   }
-  for (int g0 = 0; g0 < G; g0 += kGroupBlock) {
-    const int n = std::min(kGroupBlock, G - g0);
+  const long scale_bytes = q.dtype == Float::f32 ? 4 : 2;
+  for (int g0 = 0; g0 < G; g0 += 16) {
+    const __mmask16 groups = G - g0 >= 16 ? __mmask16(0xffff) : __mmask16((1u << (G - g0)) - 1);
+    const __m512 xs = _mm512_maskz_loadu_ps(groups, xscale + g0), xg = _mm512_maskz_loadu_ps(groups, xsum + g0);
+    __m512 scale[R];
     for (int r = 0; r < R; ++r) {
-      widen_row_groups<V>(q, rows[r], g0, n, xsum, scales[r], biases[r], bias_total[r], bias_tail[r]);
-      int g = 0;  // each group's scale times x's
-      for (; g + 16 <= n; g += 16)
-        _mm512_store_ps(scales[r] + g, _mm512_mul_ps(_mm512_load_ps(scales[r] + g), _mm512_loadu_ps(xscale + g0 + g)));
-      for (; g < n; ++g) scales[r][g] *= xscale[g0 + g];
-      // past the row's last group: a row ending inside a block reads these for its empty lanes,
-      // whose dot products are 0 (0 times garbage can be NaN)
-      _mm512_storeu_ps(scales[r] + n, _mm512_setzero_ps());
+      const long first = static_cast<long>(rows[r]) * G + g0;
+      const long ahead = (first + kScaleRowsAhead * static_cast<long>(G)) * scale_bytes;
+      V::prefetch(reinterpret_cast<const float*>(static_cast<const char*>(q.scales) + ahead));
+      V::prefetch(reinterpret_cast<const float*>(static_cast<const char*>(q.biases) + ahead));
+      scale[r] = _mm512_mul_ps(load_groups(q.scales, q.dtype, first, groups), xs);
+      total[r] = _mm512_fmadd_ps(load_groups(q.biases, q.dtype, first, groups), xg, total[r]);
     }
-    for (int e = g0 * GROUP; e < (g0 + n) * GROUP; e += Lay::block) {
-      const int8_t* d = digits + static_cast<long>(e / Lay::block) * Lay::bytes;
-      const long at = static_cast<long>(e) * BITS / 8;
+    const int b0 = g0 * GROUP / Lay::block, b1 = std::min(blocks, b0 + chunk_blocks);
+    for (int blk = b0; blk < b1; ++blk) {
+      const int8_t* d = digits + static_cast<long>(blk) * Lay::bytes;
+      const long at = static_cast<long>(blk) * 64;
       // the bytes of the row's last block, where the row ends inside it
       const int left = static_cast<int>(std::min<long>(64, row_bytes - at));
       const __mmask64 mask = left == 64 ? ~__mmask64{0} : (__mmask64{1} << left) - 1;
-      const int first_group = e / GROUP - g0;
+      const __m512i lanes = _mm512_add_epi32(lane_group, _mm512_set1_epi32((blk - b0) * Lay::block / GROUP));
       __m512i x[3 * Lay::halves];
       for (int i = 0; i < 3 * Lay::halves; ++i) x[i] = _mm512_loadu_si512(d + 64 * i);
       for (int r = 0; r < R; ++r) {
@@ -152,13 +164,11 @@ void qgemv_rows(const Quantized& q, const int8_t* digits, const float* xscale, c
           const __m512i l = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x[2]);
           dot = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hm), _mm512_set1_ps(256.0f), _mm512_cvtepi32_ps(l));
         }
-        const __m512 scale = _mm512_permutexvar_ps(lane_group, _mm512_loadu_ps(scales[r] + first_group));
-        total[r] = _mm512_fmadd_ps(scale, dot, total[r]);
+        total[r] = _mm512_fmadd_ps(_mm512_permutexvar_ps(lanes, scale[r]), dot, total[r]);
       }
     }
   }
-  for (int r = 0; r < R; ++r)
-    y[rows[r]] = _mm512_reduce_add_ps(total[r]) + (_mm512_reduce_add_ps(bias_total[r]) + bias_tail[r]);
+  for (int r = 0; r < R; ++r) y[rows[r]] = _mm512_reduce_add_ps(total[r]);
 }
 
 template <int BITS, int GROUP>
