@@ -16,8 +16,7 @@ checked against MLX's own matmuls at load (``_self_test``); where it cannot be b
 disagrees, ``load()`` warns once and returns None, and callers widen to fp32 as before.
 ``MLX_MINICPMV_KERNEL_ISA`` picks the instruction set (``amx``: ``avx512vnni`` with the AMX GEMMs;
 ``avx512vnni``: AVX-512 with the quantised GEMV in VNNI's integer dot products, ``vnni.cpp``;
-``avx512vnni4``: that for 4-bit weights only, the default on AMD's Zen 4; ``avx512``, ``avx2``,
-``scalar``; default: the best this CPU runs) or turns the kernels ``off``.
+``avx512``, ``avx2``, ``scalar``; default: the best this CPU runs) or turns the kernels ``off``.
 A decoded token's DeltaNet layer runs as one primitive of these kernels (``decode_layer.cpp``).
 """
 

@@ -1,6 +1,6 @@
 // Which kernels run: the best instruction set that the CPU and the OS support (libgcc's
 // __builtin_cpu_supports checks both: CPUID bits and the XSAVE state the OS enables), or the
-// one named by MLX_MINICPMV_KERNEL_ISA (scalar, avx2, avx512, avx512vnni, avx512vnni4, amx) for tests and
+// one named by MLX_MINICPMV_KERNEL_ISA (scalar, avx2, avx512, avx512vnni, amx) for tests and
 // comparisons.
 
 #include <cstring>
@@ -46,7 +46,7 @@ bool runs(const char* name) {
   if (std::strcmp(name, "avx512") == 0)
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 #ifdef CPUK_HAVE_VNNI
-  if (std::strcmp(name, "avx512vnni") == 0 || std::strcmp(name, "avx512vnni4") == 0)
+  if (std::strcmp(name, "avx512vnni") == 0)
     return runs("avx512") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
 #endif
 #ifdef CPUK_HAVE_AMX
@@ -56,20 +56,6 @@ bool runs(const char* name) {
   return false;
 }
 
-// AMD's Zen 4 (family 19h; its Zen 3 parts have no AVX-512) runs each 512-bit op as two 256-bit
-// halves, and there 8-bit weights stream faster through the float GEMV than through the VNNI one
-// (vnni.cpp); Intel's cores and later AMD ones are not known to, so they keep VNNI at 8 bits.
-bool halves_512_bit_ops() {
-#if defined(__x86_64__) || defined(__i386__)
-  unsigned a, b, c, d;
-  if (!__get_cpuid(0, &a, &b, &c, &d) || b != 0x68747541u) return false;  // "Auth" of AuthenticAMD
-  if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
-  const unsigned base = (a >> 8) & 0xf;  // the family: base, plus the extended one where base is 0xf
-  return base + (base == 0xf ? (a >> 20) & 0xff : 0) == 0x19;
-#else
-  return false;
-#endif
-}
 }  // namespace
 
 const Isa* isa_named(const char* name) {
@@ -80,7 +66,6 @@ const Isa* isa_named(const char* name) {
 #endif
 #ifdef CPUK_HAVE_VNNI
   if (std::strcmp(name, "avx512vnni") == 0) return &avx512vnni_isa();
-  if (std::strcmp(name, "avx512vnni4") == 0) return &avx512vnni4_isa();
 #endif
   if (std::strcmp(name, "avx512") == 0) return &avx512_isa();
   if (std::strcmp(name, "avx2") == 0) return &avx2_isa();
@@ -89,10 +74,8 @@ const Isa* isa_named(const char* name) {
 }
 
 std::vector<const char*> runnable_isas() {
-  const bool zen4 = halves_512_bit_ops();
   std::vector<const char*> names;
-  for (const char* name : {"amx", zen4 ? "avx512vnni4" : "avx512vnni", zen4 ? "avx512vnni" : "avx512vnni4", "avx512",
-                           "avx2", "scalar"}) {
+  for (const char* name : {"amx", "avx512vnni", "avx512", "avx2", "scalar"}) {
     if (isa_named(name)) names.push_back(name);
   }
   return names;

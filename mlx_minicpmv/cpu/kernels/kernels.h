@@ -78,8 +78,6 @@ struct Isa {
   void (*x_digits)(const float* x, int K, int group, int bits, int8_t* digits, float* xscale, float* xsum) = nullptr;
   void (*qgemv_digits)(const Quantized& q, const int8_t* digits, const float* xscale, const float* xsum, int n0,
                        int n1, float* y) = nullptr;
-  // Whether 8-bit weights take qgemv_digits too (4-bit ones always do where it is set).
-  bool digits_at_8_bits = true;
 };
 
 // Bytes of x_digits' output for a row of K values: three for each value, in whole 64-byte blocks
@@ -95,7 +93,6 @@ const Isa& scalar_isa();
 const Isa& avx2_isa();
 const Isa& avx512_isa();
 const Isa& avx512vnni_isa();  // AVX-512 with the VNNI quantised GEMV (vnni.cpp), where the compiler has VNNI
-const Isa& avx512vnni4_isa();  // that at 4 bits only, 8-bit weights through the float GEMV (vnni.cpp says why)
 const Isa& amx_isa();  // that with the AMX GEMMs (amx.cpp), where the compiler has AMX
 void amx_bf16_gemm(const uint16_t* w, int K, const float* x, int M, int N, float* y);
 void amx_quantized_gemm(const Quantized& q, const float* x, int M, int N, float* y);

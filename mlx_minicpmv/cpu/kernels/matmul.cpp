@@ -130,7 +130,7 @@ void run_quantized(const Isa& isa, int group, int bits, const mx::array* in, con
   const cpuk::Quantized q{in[0].data<uint32_t>(), in[1].data<void>(), in[2].data<void>(), float_of(in[1].dtype()),
                           K, group, bits};
   if (M >= kGemvRows && isa.quantized_gemm != nullptr) return isa.quantized_gemm(q, x, M, N, y);
-  if (M < kGemvRows && isa.qgemv_digits != nullptr && (bits == 4 || isa.digits_at_8_bits))
+  if (M < kGemvRows && isa.qgemv_digits != nullptr)
     return gemv_digits(isa, q, x, M, N, y);
   thread_local cpuk::Scratch<float> permuted;
   if (bits == 4) {  // the nibble order, once for all rows

@@ -210,20 +210,6 @@ const Isa& avx512vnni_isa() {
   return isa;
 }
 
-// On Zen 4 (dispatch.cpp's halves_512_bit_ops) the 8-bit digits cost more than the float
-// GEMV's widening: a block's three dot products, two conversions and an FMA, at half rate, kept
-// the 8-bit GEMVs at 17-22 GB/s where the float one read 19-24 (2 cores, 2026-12-04); 4-bit
-// weights still gain (the float GEMV's nibble shuffles cost more).
-const Isa& avx512vnni4_isa() {
-  static const Isa isa = [] {
-    Isa vnni = avx512vnni_isa();
-    vnni.name = "avx512vnni4";
-    vnni.digits_at_8_bits = false;
-    return vnni;
-  }();
-  return isa;
-}
-
 #ifdef CPUK_HAVE_AMX
 const Isa& amx_isa() {
   static const Isa isa = [] {
