@@ -25,8 +25,11 @@ class Pool {
   static Pool& get();
   int threads() const { return threads_; }
 
-  // f(begin, end) over [0, n) in up to threads() contiguous parts of at least `grain` items,
-  // the first on the calling thread; returns when all are done.
+  // f(begin, end) over [0, n) in contiguous chunks of at least `grain` items, which the calling
+  // thread and up to threads() - 1 workers take in turn until none is left; returns when all
+  // are done. Chunks, not one part a thread: a worker starts late (it wakes from its spin or
+  // sleep) and the cores do not stream at one speed, and with halves the caller waited on the
+  // worker for 15% of a decoded token's time (perf, 4-bit, Zen 4).
   template <class F>
   void parallel_for(long n, long grain, F&& f) {
     const int t = static_cast<int>(std::min<long>(threads_, std::max<long>(1, n / std::max<long>(grain, 1))));
@@ -40,19 +43,26 @@ class Pool {
       f(0L, n);
       return;
     }
+    const long chunk = std::max<long>(grain, (n + t * kChunks - 1) / (t * kChunks));
+    std::atomic<long> next{0};
+    auto take = [&f, &next, n, chunk](int) {
+      for (long b; (b = next.fetch_add(chunk, std::memory_order_relaxed)) < n;) f(b, std::min(n, b + chunk));
+    };
     {
       std::lock_guard<std::mutex> lock(w.mutex);
-      w.job = [&f, n, t](int i) { f(n * i / t, n * (i + 1) / t); };
+      w.job = take;
       w.active.store(t, std::memory_order_relaxed);
       w.pending.store(t - 1, std::memory_order_relaxed);
       w.generation.fetch_add(1, std::memory_order_release);
     }
     w.wake.notify_all();
-    f(0L, n / t);
+    take(0);
     while (w.pending.load(std::memory_order_acquire) != 0) pause();
   }
 
  private:
+  static constexpr int kChunks = 4;  // chunks a thread, where the grain allows
+
   struct Workers {
     std::mutex busy;  // held by the one caller whose job the workers run
     std::mutex mutex;
