@@ -442,12 +442,18 @@ def test_a_decoder_layer_decodes_in_one_kernel_as_in_its_ops(ext, tiny, converte
             continue
         c = cache[i]
         before = c.keys, c.values, c.offset
-        fused = layer.fused_attention(x, c)
-        c.keys, c.values, c.offset = before
+        fused = {}
+        for isa in isas():  # each set's attend
+            monkeypatch.setattr(cpu_kernels, "_isa", isa)
+            fused[isa] = layer.fused_attention(x, c)
+            c.keys, c.values, c.offset = before
+        monkeypatch.undo()
         queries, keys, values, gate = layer.attention_front(x, mx.array(c.offset))
         keys, values = c.update_and_fetch(keys, values)
         assert keys.shape[2] == 18 < c.keys.shape[2]
-        close(fused, layer.attention_back(x, causal_attention(queries, keys, values, layer.self_attn.scale), gate))
+        want = layer.attention_back(x, causal_attention(queries, keys, values, layer.self_attn.scale), gate)
+        for got in fused.values():
+            close(got, want)
 
     calls = []
     real = cpu_kernels.deltanet_decode

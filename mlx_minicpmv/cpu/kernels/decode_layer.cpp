@@ -274,10 +274,15 @@ void run_attention_back(const Isa& isa, const AttentionShape& d, const std::vect
   const float *q = in[kBackQ].data<float>(), *kp = keys.data<float>(), *vp = values.data<float>();
   const auto ks = keys.strides(), vs = values.strides();
   const int per_kv = nh / nkv;
+  const bool rows = ks[3] == 1 && vs[3] == 1;  // each position's D values side by side, as a cache's views have them
   Pool::get().parallel_for(nh, 1, [&](long h0, long h1) {
     for (long hd = h0; hd < h1; ++hd) {
       const long kv = hd / per_kv;
       const float* qh = q + hd * D;
+      if (rows) {
+        isa.attend(qh, kp + kv * ks[1], ks[2], vp + kv * vs[1], vs[2], S, D, d.scale, probs + hd * S, o + hd * D);
+        continue;
+      }
       float* sc = scores + hd * S;
       for (int s = 0; s < S; ++s) {
         const float* kr = kp + kv * ks[1] + s * ks[2];

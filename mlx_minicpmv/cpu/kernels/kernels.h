@@ -65,6 +65,11 @@ struct Isa {
   // Rows [r0, r1) of x (rows, D) -> LayerNorm (rms false) or RMSNorm (rms true) with weight w
   // and bias b (D floats each, or nullptr).
   void (*norm)(const float* x, const float* w, const float* b, float eps, bool rms, int D, long r0, long r1, float* y);
+  // One head of a decoded token's attention over S cached positions: probs[s] = softmax of
+  // scale·(q · k_s), with k_s the D floats at keys + s·key_stride, then o (D) = Σ_s probs[s]·v_s,
+  // v_s at values + s·value_stride.
+  void (*attend)(const float* q, const float* keys, long key_stride, const float* values, long value_stride, int S,
+                 int D, float scale, float* probs, float* o);
   // y (M, N) = x (M, K) @ w.T for bf16 weights w (N, K), many rows at once; nullptr where the
   // set has none (the GEMM then widens tiles of w for sgemm).
   void (*bf16_gemm)(const uint16_t* w, int K, const float* x, int M, int N, float* y) = nullptr;

@@ -435,6 +435,32 @@ void softmax_rows_t(const float* x, int S, long r0, long r1, float* y) {
   }
 }
 
+// One head's attention for a decoded token (kernels.h's attend): the scores' dot products in
+// vectors, the same softmax as softmax_rows_t's, then the values' rows summed into o.
+template <class V>
+void attend_t(const float* q, const float* keys, long key_stride, const float* values, long value_stride, int S, int D,
+              float scale, float* probs, float* o) {
+  using T = typename V::T;
+  constexpr int L = V::L;
+  const int body = D / L * L;
+  for (int s = 0; s < S; ++s) {
+    const float* k = keys + s * key_stride;
+    T acc = V::zero();
+    for (int i = 0; i < body; i += L) acc = V::fma(V::load(q + i), V::load(k + i), acc);
+    float dot = V::hsum(acc);
+    for (int i = body; i < D; ++i) dot += q[i] * k[i];
+    probs[s] = dot * scale;
+  }
+  softmax_rows_t<V>(probs, S, 0, 1, probs);
+  std::fill_n(o, D, 0.0f);
+  for (int s = 0; s < S; ++s) {
+    const float* v = values + s * value_stride;
+    const T p = V::bcast(probs[s]);
+    for (int i = 0; i < body; i += L) V::store(o + i, V::fma(p, V::load(v + i), V::load(o + i)));
+    for (int i = body; i < D; ++i) o[i] += probs[s] * v[i];
+  }
+}
+
 // The activations of fast_math.py, elementwise over [i0, i1), in its order of operations:
 // tanh-GELU x / (1 + e^(-1.5957691·(x + 0.044715·x³))), SwiGLU gate / (1 + e^-gate) · x (silu
 // first: gate·x can overflow where silu(gate)·x is 0), SiLU x / (1 + e^-x), sigmoid 1 / (1 + e^-x).
@@ -572,5 +598,6 @@ Isa make_isa(const char* name) {
       activation_t<V>,
       conv_silu_t<V>,
       norm_rows_t<V>,
+      attend_t<V>,
   };
 }
