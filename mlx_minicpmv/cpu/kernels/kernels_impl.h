@@ -68,8 +68,9 @@ constexpr int kScaleRowsAhead = 8;
 // Inlined by force: GCC 12 made it a call, whose vzeroupper and spills came once a row, and at
 // K = 1024 a row is only 16 groups.
 template <class V>
-[[gnu::always_inline]] inline void widen_row_groups(const Quantized& q, long row, int g0, int n, const float* xsum, float* scales, float* biases,
-                      typename V::T& bias_total, float& bias_tail) {
+[[gnu::always_inline]] inline void widen_row_groups(const Quantized& q, long row, int g0, int n, const float* xsum,
+                                                   float* scales, float* biases, typename V::T& bias_total,
+                                                   float& bias_tail) {
   const long first = row * (q.K / q.group) + g0;
   const long ahead = (first + kScaleRowsAhead * static_cast<long>(q.K / q.group)) * (q.dtype == Float::f32 ? 4 : 2);
   V::prefetch(reinterpret_cast<const float*>(static_cast<const char*>(q.scales) + ahead));
