@@ -28,8 +28,8 @@ class Pool {
   // f(begin, end) over [0, n) in contiguous chunks of at least `grain` items, which the calling
   // thread and up to threads() - 1 workers take in turn until none is left; returns when all
   // are done. Chunks, not one part a thread: a worker starts late (it wakes from its spin or
-  // sleep) and the cores do not stream at one speed, and with halves the caller waited on the
-  // worker for 15% of a decoded token's time (perf, 4-bit, Zen 4).
+  // sleep) and the cores do not stream at one speed, and with halves the caller spun waiting on
+  // the worker for 15% of its own time in a decoded 4-bit token (perf, Zen 4).
   template <class F>
   void parallel_for(long n, long grain, F&& f) {
     const int t = static_cast<int>(std::min<long>(threads_, std::max<long>(1, n / std::max<long>(grain, 1))));
