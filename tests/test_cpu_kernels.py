@@ -410,6 +410,20 @@ def test_load_keeps_the_stored_weights_with_the_same_logits_and_tokens(ext, conv
     assert greedy[0] == greedy[1]
 
 
+class ColumnMajorViews:
+    """A KV cache whose keys and values come back as views whose positions are not side by side
+    (each position's D values a stride of S apart)."""
+
+    def __init__(self, cache):
+        self.cache = cache
+
+    def update_and_fetch(self, keys, values):
+        return [mx.swapaxes(mx.contiguous(mx.swapaxes(a, -1, -2)), -1, -2) for a in self.cache.update_and_fetch(keys, values)]
+
+    def __getattr__(self, name):
+        return getattr(self.cache, name)
+
+
 @pytest.mark.parametrize("variant", ["float32"] + list(VARIANTS))
 def test_a_decoder_layer_decodes_in_one_kernel_as_in_its_ops(ext, tiny, converted, variant, monkeypatch):
     """A decoded token through each DeltaNet layer as one primitive (kernels.deltanet_decode),
@@ -448,6 +462,8 @@ def test_a_decoder_layer_decodes_in_one_kernel_as_in_its_ops(ext, tiny, converte
             fused[isa] = layer.fused_attention(x, c)
             c.keys, c.values, c.offset = before
         monkeypatch.undo()
+        fused["column-major"] = layer.fused_attention(x, ColumnMajorViews(c))  # gathered into rows first
+        c.keys, c.values, c.offset = before
         queries, keys, values, gate = layer.attention_front(x, mx.array(c.offset))
         keys, values = c.update_and_fetch(keys, values)
         assert keys.shape[2] == 18 < c.keys.shape[2]

@@ -268,36 +268,34 @@ void run_attention_back(const Isa& isa, const AttentionShape& d, const std::vect
   const mx::array &keys = in[kKeys], &values = in[kValues];  // (1, nkv, S, D) views of the cache: by their strides
   const int S = keys.shape(2);
   thread_local Scratch<float> scratch;
-  float* o = scratch.get(static_cast<size_t>(2 * nh * D + 2 * nh * S + 3 * H + 2 * I));
-  float *sig = o + nh * D, *scores = sig + nh * D, *probs = scores + nh * S, *h = probs + nh * S, *mlp = h + H;
+  float* o = scratch.get(static_cast<size_t>(2 * nh * D + nh * S + 3 * H + 2 * I));
+  float *sig = o + nh * D, *probs = sig + nh * D, *h = probs + nh * S, *mlp = h + H;
 
   const float *q = in[kBackQ].data<float>(), *kp = keys.data<float>(), *vp = values.data<float>();
   const auto ks = keys.strides(), vs = values.strides();
   const int per_kv = nh / nkv;
-  const bool rows = ks[3] == 1 && vs[3] == 1;  // each position's D values side by side, as a cache's views have them
+  // A cache's views hold each position's D values side by side; other strides are gathered so.
+  const bool rows = ks[3] == 1 && vs[3] == 1;
   Pool::get().parallel_for(nh, 1, [&](long h0, long h1) {
+    thread_local Scratch<float> gathered;
     for (long hd = h0; hd < h1; ++hd) {
       const long kv = hd / per_kv;
-      const float* qh = q + hd * D;
-      if (rows) {
-        isa.attend(qh, kp + kv * ks[1], ks[2], vp + kv * vs[1], vs[2], S, D, d.scale, probs + hd * S, o + hd * D);
-        continue;
+      const float *kh = kp + kv * ks[1], *vh = vp + kv * vs[1];
+      long key_stride = ks[2], value_stride = vs[2];
+      if (!rows) {
+        float* kg = gathered.get(2 * static_cast<size_t>(S) * D);
+        float* vg = kg + static_cast<long>(S) * D;
+        for (long s = 0; s < S; ++s) {
+          for (int i = 0; i < D; ++i) {
+            kg[s * D + i] = kh[s * ks[2] + i * ks[3]];
+            vg[s * D + i] = vh[s * vs[2] + i * vs[3]];
+          }
+        }
+        kh = kg;
+        vh = vg;
+        key_stride = value_stride = D;
       }
-      float* sc = scores + hd * S;
-      for (int s = 0; s < S; ++s) {
-        const float* kr = kp + kv * ks[1] + s * ks[2];
-        float dot = 0.0f;
-        for (int i = 0; i < D; ++i) dot += qh[i] * kr[i * ks[3]];
-        sc[s] = dot * d.scale;
-      }
-      isa.softmax(sc, S, 0, 1, probs + hd * S);
-      float* oh = o + hd * D;
-      std::fill_n(oh, D, 0.0f);
-      for (int s = 0; s < S; ++s) {
-        const float p = probs[hd * S + s];
-        const float* vr = vp + kv * vs[1] + s * vs[2];
-        for (int i = 0; i < D; ++i) oh[i] += p * vr[i * vs[3]];
-      }
+      isa.attend(q + hd * D, kh, key_stride, vh, value_stride, S, D, d.scale, probs + hd * S, o + hd * D);
     }
   });
 
