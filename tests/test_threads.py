@@ -58,3 +58,37 @@ def test_worker_threads_end_without_aborting_the_process(tiny, tmp_path):
                              capture_output=True, text=True, timeout=300)
         assert run.returncode == 0 and "answered" in run.stdout, (attempt, run.returncode, run.stderr[-500:])
         assert "terminate called" not in run.stderr
+
+
+def computed(array) -> bool:
+    """Whether ``array`` holds its values: its graph (``mx.export_to_dot``) has no operation left."""
+    import io
+
+    import mlx.core as mx
+
+    dot = io.StringIO()
+    mx.export_to_dot(dot, array)
+    return "shape=rectangle" not in dot.getvalue()
+
+
+def test_the_plans_threads_share_hold_computed_arrays(tiny):
+    """A layer's plan for its fused decode kernels is made once and used by every thread that
+    generates; an array left lazy in it (the conv taps' transpose) was evaluated by two threads'
+    graphs at once, which crashed MLX's eval (SIGSEGV, a primitive gone under it) or left a stream
+    waiting forever, in about 1 of 20 runs of the test above."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    assert not computed(mx.contiguous(mx.ones((2, 3)).T))  # the check sees a lazy array
+    model, _ = tiny.load()
+    layers = model.language_model.layers
+    made = []
+    for layer in layers:
+        modules = (layer.linear_attn if layer.is_linear else layer.self_attn, layer.mlp, layer.input_layernorm,
+                   layer.post_attention_layernorm)
+        make = layer.deltanet_plan if layer.is_linear else layer.attention_plan
+        plan = layer.planned("_plan_under_test", modules, make)  # a name of its own: made here, now
+        object.__delattr__(layer, "_plan_under_test")
+        made.append((layer.is_linear, [a for _, a in tree_flatten(plan) if isinstance(a, mx.array)]))
+    assert {linear for linear, arrays in made if arrays} == {True, False}  # both kinds of layer have plans
+    assert all(computed(a) for _, arrays in made for a in arrays)

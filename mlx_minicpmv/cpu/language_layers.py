@@ -6,11 +6,13 @@ the depthwise conv as one fused kernel, a causal softmax attention, and a compil
 step for each DeltaNet layer. Figures measured on the CI machine (2 cores, fp32).
 """
 
+import threading
 from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.nn.layers.distributed import sum_gradients
+from mlx.utils import tree_flatten
 from mlx_lm.models.base import scaled_dot_product_attention
 from mlx_lm.models.cache import KVCache
 from mlx_lm.models.gated_delta import normalize_qk
@@ -20,6 +22,8 @@ from . import fast_math, kernels, norm_layers
 from .gated_delta import gated_delta
 from .kernel_layers import stored
 from .registry import replaces
+
+PLAN_LOCK = threading.Lock()  # one thread makes a layer's plan; the others then use it
 
 
 def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
@@ -247,8 +251,16 @@ class CpuDecoderLayer(DecoderLayer):
         key = list(map(id, objects))
         kept = getattr(self, name, None)
         if kept is None or kept[0] != key:
-            kept = (key, objects, make())  # the objects held, so that no other takes one's id
-            object.__setattr__(self, name, kept)
+            with PLAN_LOCK:
+                kept = getattr(self, name, None)
+                if kept is None or kept[0] != key:
+                    plan = make()
+                    # Computed now: threads that generate at once share a plan, and two threads
+                    # evaluating one lazy array (the conv taps' transpose) crashed MLX's eval or
+                    # left one stream waiting forever on the other's event.
+                    mx.eval([a for _, a in tree_flatten(plan) if isinstance(a, mx.array)])
+                    kept = (key, objects, plan)  # the objects held, so that no other takes one's id
+                    object.__setattr__(self, name, kept)
         return kept[2]
 
     def fused_attention(self, x, cache):
