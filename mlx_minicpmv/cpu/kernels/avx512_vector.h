@@ -36,9 +36,9 @@ struct V {
     lo = _mm512_permutexvar_ps(b, values);
     hi = _mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), values);
   }
-  static T bf16(const uint16_t* p) {
-    __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
-  }
-  static T f16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  // 16 bf16 or fp16 values as floats, from memory or from a register (vnni.cpp's masked loads)
+  static T widen_bf16(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+  static T widen_f16(__m256i h) { return _mm512_cvtph_ps(h); }
+  static T bf16(const uint16_t* p) { return widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static T f16(const uint16_t* p) { return widen_f16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
 };

@@ -93,8 +93,7 @@ void x_digits(const float* x, int K, int group, int bits, int8_t* digits, float*
 inline __m512 load_groups(const void* p, Float dtype, long first, __mmask16 m) {
   if (dtype == Float::f32) return _mm512_maskz_loadu_ps(m, static_cast<const float*>(p) + first);
   const __m256i h = _mm512_castsi512_si256(_mm512_maskz_loadu_epi16(m, static_cast<const uint16_t*>(p) + first));
-  if (dtype == Float::f16) return _mm512_cvtph_ps(h);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  return dtype == Float::f16 ? V::widen_f16(h) : V::widen_bf16(h);
 }
 
 // R spread rows (spread_rows) against x's digits, 16 groups at a time: their scales times x's in
