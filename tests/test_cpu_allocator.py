@@ -43,11 +43,13 @@ def run_chunks(**env):
 
 @linux
 def test_later_chunks_reuse_the_first_ones_buffers():
-    """After the first chunk (whose buffers are new), the next three fault in almost nothing:
-    without the setting this machine's glibc faulted ~13,000 pages (50 MB) in them."""
+    """After the first chunk (whose buffers are new), the next three fault in little: without the
+    setting glibc faulted ~13,000 pages (50 MB) in them on the Sapphire Rapids CI machine and
+    ~78,000 on the Zen 4 one, and with it 550-2,100 there (22 runs, 1 of 12 over the 2,000 this
+    test first allowed)."""
     kept, faults = run_chunks()
     assert kept
-    assert sum(faults[1:]) < 2000, faults
+    assert sum(faults[1:]) < 6000, faults
 
 
 @linux
