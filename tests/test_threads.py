@@ -5,13 +5,16 @@ while the interpreter was finalising aborted the process (rc 134, "terminate cal
 active exception") in 1 to 4 runs of 6 before ``threads.py`` made exit wait for such threads.
 """
 
+import io
 import os
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
+import mlx.core as mx
 import pytest
+from mlx.utils import tree_flatten
 
 from mlx_minicpmv import stream_generate, threads
 from tests.media import noise_image
@@ -63,10 +66,6 @@ def test_worker_threads_end_without_aborting_the_process(tiny, tmp_path):
 
 def computed(array) -> bool:
     """Whether ``array`` holds its values: its graph (``mx.export_to_dot``) has no operation left."""
-    import io
-
-    import mlx.core as mx
-
     dot = io.StringIO()
     mx.export_to_dot(dot, array)
     return "shape=rectangle" not in dot.getvalue()
@@ -76,20 +75,21 @@ def test_the_plans_threads_share_hold_computed_arrays(tiny):
     """A layer's plan for its fused decode kernels is made once and used by every thread that
     generates; an array left lazy in it (the conv taps' transpose) was evaluated by two threads'
     graphs at once, which crashed MLX's eval (SIGSEGV, a primitive gone under it) or left a stream
-    waiting forever, in about 1 of 20 runs of the test above."""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-
+    waiting forever, in about 1 of 20 runs of the test above. Each plan is made again here by a
+    decoded token's own call, whose output is left unevaluated."""
     assert not computed(mx.contiguous(mx.ones((2, 3)).T))  # the check sees a lazy array
     model, _ = tiny.load()
-    layers = model.language_model.layers
-    made = []
-    for layer in layers:
-        modules = (layer.linear_attn if layer.is_linear else layer.self_attn, layer.mlp, layer.input_layernorm,
-                   layer.post_attention_layernorm)
-        make = layer.deltanet_plan if layer.is_linear else layer.attention_plan
-        plan = layer.planned("_plan_under_test", modules, make)  # a name of its own: made here, now
-        object.__delattr__(layer, "_plan_under_test")
-        made.append((layer.is_linear, [a for _, a in tree_flatten(plan) if isinstance(a, mx.array)]))
-    assert {linear for linear, arrays in made if arrays} == {True, False}  # both kinds of layer have plans
-    assert all(computed(a) for _, arrays in made for a in arrays)
+    lm = model.language_model
+    cache = lm.make_cache()
+    mx.eval(lm(lm.embed_tokens(mx.array([[20, 21, 22]])), cache=cache))
+    x = mx.zeros((1, 1, lm.layers[0].input_layernorm.weight.size))
+    plans = {}
+    for i, (layer, c) in enumerate(zip(lm.layers, cache)):
+        name = "_deltanet_plan" if layer.is_linear else "_attention_plan"
+        if name in vars(layer):
+            object.__delattr__(layer, name)
+        out = layer.fused_step(x, c[0], c[1]) if layer.is_linear else layer.fused_attention(x, c)
+        assert out is not None
+        plans[i] = [a for _, a in tree_flatten(vars(layer)[name][2]) if isinstance(a, mx.array)]
+    assert {layer.is_linear for layer in lm.layers} == {True, False}  # both kinds of layer made theirs
+    assert all(computed(a) for arrays in plans.values() for a in arrays)
