@@ -56,6 +56,25 @@ def test_quantized_matmul_equals_mlx(ext, isa, bits, group_size, stored, rows):
 
 
 @pytest.mark.parametrize("isa", isas())
+@pytest.mark.parametrize("rows", [1, 7])  # a GEMV, and the GEMM (VNNI: blocks of 3 rows)
+def test_a_nan_or_inf_in_x_stays_in_its_row(ext, isa, rows):
+    """A NaN or an inf in a row of x makes that row's outputs non-finite, as MLX's do, and leaves
+    the rows beside it, which the VNNI kernels scale and sum in the same block, as they were."""
+    w = mx.random.normal((40, 128), key=mx.random.key(3)).astype(mx.bfloat16)
+    q, s, b = mx.quantize(w, group_size=64, bits=4)
+    x = mx.random.normal((rows, 128), key=mx.random.key(4))
+    x[0, 5] = mx.nan
+    if rows > 1:
+        x[1, 70] = mx.inf
+    want = mx.quantized_matmul(x, q, s, b, transpose=True, group_size=64, bits=4)
+    got = cpu_kernels.quantized_matmul(x, q, s, b, 64, 4, isa=isa)
+    bad = min(rows, 2)
+    assert not np.isfinite(np.array(want[:bad])).any() and not np.isfinite(np.array(got[:bad])).any()
+    if rows > bad:
+        close(got[bad:], want[bad:])
+
+
+@pytest.mark.parametrize("isa", isas())
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("K", [32, 64, 96, 160])
 def test_rows_that_end_inside_a_block_of_weights_equal_mlx(ext, isa, bits, K):
@@ -76,14 +95,29 @@ def test_rows_that_end_inside_a_block_of_weights_equal_mlx(ext, isa, bits, K):
 @pytest.mark.parametrize("isa", isas())
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("stored", [mx.bfloat16, mx.float16, mx.float32])
-def test_a_long_row_of_groups_equals_mlx(ext, isa, bits, stored):
+@pytest.mark.parametrize("rows", [1, 5])
+def test_a_long_row_of_groups_equals_mlx(ext, isa, bits, stored, rows):
     """130 groups in a row: the GEMV widens the scales and biases 128 groups at a time, then the
-    last two, with a bias dot product shorter than a vector."""
+    last two, with a bias dot product shorter than a vector; the GEMM sums each group apart."""
     w = mx.random.normal((9, 4160), key=mx.random.key(bits)).astype(stored)
     q, s, b = mx.quantize(w, group_size=32, bits=bits)
-    x = mx.random.normal((1, 4160), key=mx.random.key(8))
+    x = mx.random.normal((rows, 4160), key=mx.random.key(8))
     want = mx.quantized_matmul(x, q, s, b, transpose=True, group_size=32, bits=bits)
     close(cpu_kernels.quantized_matmul(x, q, s, b, 32, bits, isa=isa), want)
+
+
+@pytest.mark.parametrize("isa", isas())
+@pytest.mark.parametrize("rows", [1, 6])
+def test_the_largest_codes_and_digits_stay_inside_int32(ext, isa, rows):
+    """8-bit codes of 255 against x's largest digits over groups of 128: the VNNI kernels' int32
+    sums (a group's 256·Σh + Σm in the GEMM) at their bound."""
+    w = mx.ones((32, 256))
+    w[:, ::128] = 0  # each group one code 0, the rest 255
+    q, s, b = mx.quantize(w, group_size=128, bits=8)
+    x = mx.ones((rows, 256))
+    x[1::2] = -1
+    want = mx.quantized_matmul(x, q, s, b, transpose=True, group_size=128, bits=8)
+    close(cpu_kernels.quantized_matmul(x, q, s, b, 128, 8, isa=isa), want)
 
 
 @pytest.mark.parametrize("isa", isas())

@@ -101,6 +101,7 @@ const Isa& avx512vnni_isa();  // AVX-512 with the VNNI quantised GEMV (vnni.cpp)
 const Isa& amx_isa();  // that with the AMX GEMMs (amx.cpp), where the compiler has AMX
 void amx_bf16_gemm(const uint16_t* w, int K, const float* x, int M, int N, float* y);
 void amx_quantized_gemm(const Quantized& q, const float* x, int M, int N, float* y);
+void vnni_quantized_gemm(const Quantized& q, const float* x, int M, int N, float* y);  // vnni_gemm.cpp
 
 // The instruction sets this CPU (and its OS) can run, best first ("scalar" always last), and the first.
 std::vector<const char*> runnable_isas();

@@ -11,7 +11,7 @@
 // with MLX's own quantised matmul that keeps activations in float. So the weights are widened
 // here, in registers (GEMV) or one tile at a time (GEMM, then OpenBLAS's sgemm), and every
 // product and sum is fp32 as in MLX. (Where the CPU has VNNI, vnni.cpp's GEMV takes x as three
-// int8 digits, 24 bits, and replaces qgemv.)
+// int8 digits, 24 bits, and replaces qgemv, and vnni_gemm.cpp the quantised tiles.)
 
 #pragma once
 

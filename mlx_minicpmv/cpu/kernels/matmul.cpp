@@ -7,8 +7,9 @@
 // (prefill, the vision tower) run as a GEMM: a tile of the weights is widened into a cache-
 // sized fp32 buffer and multiplied by OpenBLAS's sgemm (with the symbol of the BLAS loaded
 // globally before mlx.core, mlx_minicpmv/blas.py), so no more than one tile of fp32 weights
-// ever exists and the GEMM runs at fp32 BLAS speed. Where the CPU has AMX, bf16 weights go to
-// its tile unit instead (amx.cpp: 1.6-2.7x sgemm's rate at the model's shapes).
+// ever exists and the GEMM runs at fp32 BLAS speed. Where the CPU has AMX, bf16 and quantised
+// weights go to its tile unit instead (amx.cpp: 1.6-2.7x sgemm's rate at the model's shapes);
+// where it has VNNI and no AMX, quantised weights go to its integer dot products (vnni_gemm.cpp).
 
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>

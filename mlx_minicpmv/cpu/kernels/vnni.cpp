@@ -13,18 +13,13 @@
 
 #include <immintrin.h>
 
-#include <cmath>
-
 #include "kernels.h"
+#include "vnni.h"
 
 namespace cpuk::vnni {
 
 #include "avx512_vector.h"
 #include "kernels_impl.h"
-
-// The largest |round(x / sx)|: three digits in [-128, 127] hold up to 127·65793 = 8355711, less
-// a margin for x / sx rounding up.
-constexpr float kDigitsMax = 8355000.0f;
 
 // The weights of a row in blocks of 64 bytes (128 values at 4 bits, 64 at 8). For each block x's
 // digits are 64-byte vectors in the weights' byte order, h then m then l; at 4 bits each digit
@@ -38,15 +33,6 @@ struct Layout {
   static constexpr int bytes = 3 * digit_stride;     // a block's digits
 };
 
-// v = round(x / sx) in 16 lanes -> its digits h, m, l, 16 bytes each, at d, d + stride, d + 2·stride.
-inline void store_digits(__m512i v, int8_t* d, long stride) {
-  for (int digit = 2; digit >= 0; --digit) {
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(d + digit * stride), _mm512_cvtepi32_epi8(v));  // the low byte
-    const __m512i low = _mm512_srai_epi32(_mm512_slli_epi32(v, 24), 24);                     // as a signed digit
-    v = _mm512_srai_epi32(_mm512_sub_epi32(v, low), 8);
-  }
-}
-
 template <int BITS>
 void x_digits_t(const float* x, int K, int group, int8_t* digits, float* xscale, float* xsum) {
   using Lay = Layout<BITS>;
@@ -56,17 +42,7 @@ void x_digits_t(const float* x, int K, int group, int8_t* digits, float* xscale,
   const __m512i odds = _mm512_add_epi32(evens, _mm512_set1_epi32(1));
   for (int g = 0; g < K / group; ++g) {
     const float* xg = x + static_cast<long>(g) * group;
-    __m512 most = _mm512_setzero_ps(), total = _mm512_setzero_ps();
-    for (int k = 0; k < group; k += 16) {
-      const __m512 a = _mm512_loadu_ps(xg + k);
-      most = _mm512_max_ps(most, _mm512_abs_ps(a));
-      total = _mm512_add_ps(total, a);
-    }
-    const float biggest = _mm512_reduce_max_ps(most);
-    xsum[g] = _mm512_reduce_add_ps(total);
-    // a NaN or inf in x (the sum has it, where max may drop a NaN) makes the group's products NaN
-    xscale[g] = std::isfinite(xsum[g]) ? biggest / kDigitsMax : NAN;
-    const __m512 inv = _mm512_set1_ps(biggest > 0 && std::isfinite(xscale[g]) ? kDigitsMax / biggest : 0.0f);
+    const __m512 inv = _mm512_set1_ps(scale_group(xg, group, xscale[g], xsum[g]));
     for (int k = 0; k < group; k += 32) {  // 32 values at a time, within one block and group
       const int e = g * group + k;
       int8_t* d = digits + static_cast<long>(e / Lay::block) * Lay::bytes;
@@ -204,6 +180,7 @@ const Isa& avx512vnni_isa() {
     vnni.name = "avx512vnni";
     vnni.x_digits = vnni::x_digits;
     vnni.qgemv_digits = vnni::qgemv_digits;
+    vnni.quantized_gemm = vnni_quantized_gemm;
     return vnni;
   }();
   return isa;
