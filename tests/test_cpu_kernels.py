@@ -122,9 +122,10 @@ def test_the_largest_codes_and_digits_stay_inside_int32(ext, isa, rows):
 
 @pytest.mark.parametrize("isa", isas())
 @pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16])
-@pytest.mark.parametrize("rows", [1, 3, 9])
-def test_half_matmul_equals_widened_matmul(ext, isa, dtype, rows):
-    w = mx.random.normal((50, 100), key=mx.random.key(3)).astype(dtype)  # K = 100: a tail after the vectors
+@pytest.mark.parametrize("rows", [1, 3, 9, 30])  # GEMVs, then the GEMM (AVX-512: blocks of 12 rows)
+@pytest.mark.parametrize("N", [40, 50])  # the GEMM's last panel of 32 rows: 8 or 18 left
+def test_half_matmul_equals_widened_matmul(ext, isa, dtype, rows, N):
+    w = mx.random.normal((N, 100), key=mx.random.key(3)).astype(dtype)  # K = 100: a tail after the vectors
     x = mx.random.normal((rows, 100), key=mx.random.key(4))
     close(cpu_kernels.half_matmul(x, w, isa=isa), x @ w.astype(mx.float32).T)
 

@@ -73,6 +73,9 @@ struct Isa {
   // y (M, N) = x (M, K) @ w.T for bf16 weights w (N, K), many rows at once; nullptr where the
   // set has none (the GEMM then widens tiles of w for sgemm).
   void (*bf16_gemm)(const uint16_t* w, int K, const float* x, int M, int N, float* y) = nullptr;
+  // The same for bf16 or fp16 weights in the set's FMAs, where there is no bf16_gemm (or for
+  // fp16); nullptr where the set has none (the GEMM then widens tiles of w for sgemm).
+  void (*half_gemm)(const uint16_t* w, Float dtype, int K, const float* x, int M, int N, float* y) = nullptr;
   // y (M, N) = x (M, K; not in the nibble order) @ dequantised W.T, many rows at once; nullptr where
   // the set has none (the GEMM then dequantises tiles of W for sgemm).
   void (*quantized_gemm)(const Quantized& q, const float* x, int M, int N, float* y) = nullptr;
@@ -102,6 +105,7 @@ const Isa& amx_isa();  // that with the AMX GEMMs (amx.cpp), where the compiler 
 void amx_bf16_gemm(const uint16_t* w, int K, const float* x, int M, int N, float* y);
 void amx_quantized_gemm(const Quantized& q, const float* x, int M, int N, float* y);
 void vnni_quantized_gemm(const Quantized& q, const float* x, int M, int N, float* y);  // vnni_gemm.cpp
+void avx512_half_gemm(const uint16_t* w, Float dtype, int K, const float* x, int M, int N, float* y);  // half_gemm.cpp
 
 // The instruction sets this CPU (and its OS) can run, best first ("scalar" always last), and the first.
 std::vector<const char*> runnable_isas();

@@ -9,7 +9,9 @@
 // globally before mlx.core, mlx_minicpmv/blas.py), so no more than one tile of fp32 weights
 // ever exists and the GEMM runs at fp32 BLAS speed. Where the CPU has AMX, bf16 and quantised
 // weights go to its tile unit instead (amx.cpp: 1.6-2.7x sgemm's rate at the model's shapes);
-// where it has VNNI and no AMX, quantised weights go to its integer dot products (vnni_gemm.cpp).
+// where it has VNNI and no AMX, quantised weights go to its integer dot products (vnni_gemm.cpp),
+// and where it has AVX-512, half weights are widened straight into an FMA GEMM's panels
+// (half_gemm.cpp).
 
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
@@ -160,6 +162,7 @@ void run_half(const Isa& isa, const mx::array* in, const float* x, int M, int K,
   const Float dtype = float_of(in[0].dtype());
   if (M >= kGemvRows) {
     if (isa.bf16_gemm != nullptr && dtype == Float::bf16) return isa.bf16_gemm(w, K, x, M, N, y);
+    if (isa.half_gemm != nullptr) return isa.half_gemm(w, dtype, K, x, M, N, y);
     return gemm_tiles(x, M, K, N, y, [&](int n0, int n1, float* tile) { isa.hwiden(w, dtype, K, n0, n1, tile); });
   }
   gemv_rows(x, M, K, N, y, [&](const float* xm, int n0, int n1, float* ym) { isa.hgemv(w, dtype, K, xm, n0, n1, ym); });
