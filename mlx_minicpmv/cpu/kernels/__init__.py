@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 SOURCES = ("CMakeLists.txt", "matmul.cpp", "linear.h", "decode_layer.h", "decode_layer.cpp", "amx.cpp", "delta.h", "delta.cpp", "scan.h", "scan.cpp",
            "state_primitive.h", "softmax.h", "softmax.cpp", "activation.h", "activation.cpp", "conv.h", "conv.cpp", "norm.h", "norm.cpp",
            "bind.h", "pool.h", "pool.cpp", "scratch.h", "dispatch.cpp", "kernels.h", "kernels_impl.h", "kernels_scalar.cpp",
-           "kernels_avx2.cpp", "kernels_avx512.cpp", "half_gemm.cpp", "avx512_vector.h", "vnni.h", "vnni.cpp", "vnni_gemm.cpp")
+           "kernels_avx2.cpp", "kernels_avx512.cpp", "half_gemm.cpp", "avx512_vector.h", "avx512_gemm.h", "vnni.h", "vnni.cpp", "vnni_gemm.cpp")
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)
 MAX_ROWS = 8  # rows_matmul's rows at once (kMaxRows in kernels.h); more run as passes of 8

@@ -31,6 +31,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "avx512_gemm.h"
 #include "kernels.h"
 #include "pool.h"
 #include "scratch.h"
@@ -67,34 +68,6 @@ void configure() {
 
 inline __m512 widen(__m256bh h) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)h), 16));
-}
-
-// The 16 x 16 transpose of 32-bit words: out[p] holds word p of every row, in[r] (unpacks of
-// pairs, then of quads, then 128-bit lanes twice).
-inline void transpose16(const __m512i* in, __m512i* out) {
-  __m512i a[16], b[16];
-  for (int i = 0; i < 16; i += 2) {
-    a[i] = _mm512_unpacklo_epi32(in[i], in[i + 1]);
-    a[i + 1] = _mm512_unpackhi_epi32(in[i], in[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    b[i] = _mm512_unpacklo_epi64(a[i], a[i + 2]);
-    b[i + 1] = _mm512_unpackhi_epi64(a[i], a[i + 2]);
-    b[i + 2] = _mm512_unpacklo_epi64(a[i + 1], a[i + 3]);
-    b[i + 3] = _mm512_unpackhi_epi64(a[i + 1], a[i + 3]);
-  }
-  for (int i = 0; i < 4; ++i) {  // 128-bit lane l of b[4j + i] holds words 4l + i.. of rows 4j..4j + 3
-    a[i] = _mm512_shuffle_i32x4(b[i], b[i + 4], 0x88);
-    a[i + 4] = _mm512_shuffle_i32x4(b[i], b[i + 4], 0xDD);
-    a[i + 8] = _mm512_shuffle_i32x4(b[i + 8], b[i + 12], 0x88);
-    a[i + 12] = _mm512_shuffle_i32x4(b[i + 8], b[i + 12], 0xDD);
-  }
-  for (int i = 0; i < 4; ++i) {
-    out[i] = _mm512_shuffle_i32x4(a[i], a[i + 8], 0x88);
-    out[i + 8] = _mm512_shuffle_i32x4(a[i], a[i + 8], 0xDD);
-    out[i + 4] = _mm512_shuffle_i32x4(a[i + 4], a[i + 12], 0x88);
-    out[i + 12] = _mm512_shuffle_i32x4(a[i + 4], a[i + 12], 0xDD);
-  }
 }
 
 // Rows [m0, m0 + rows) of x (row stride ld, K columns from x on; rows a multiple of 16) into its

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 
+#include "avx512_gemm.h"
 #include "kernels.h"
 #include "pool.h"
 #include "scratch.h"
@@ -25,33 +26,6 @@ namespace {
 
 constexpr int kRows = 12;   // rows of x a block
 constexpr int kPanel = 32;  // rows of W a panel
-
-// 16 vectors transposed in registers: v[i][j] -> v[j][i].
-inline void transpose16(__m512 v[16]) {
-  __m512 t[16];
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_ps(v[i], v[i + 1]);
-    t[i + 1] = _mm512_unpackhi_ps(v[i], v[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    v[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-    v[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-    v[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-    v[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-  }
-  for (int i = 0; i < 4; ++i) {  // 128-bit lanes: rows i, i + 4, i + 8, i + 12 hold columns 4i..4i+3 in turn
-    t[i] = _mm512_shuffle_f32x4(v[i], v[i + 4], 0x88);
-    t[i + 4] = _mm512_shuffle_f32x4(v[i], v[i + 4], 0xdd);
-    t[i + 8] = _mm512_shuffle_f32x4(v[i + 8], v[i + 12], 0x88);
-    t[i + 12] = _mm512_shuffle_f32x4(v[i + 8], v[i + 12], 0xdd);
-  }
-  for (int i = 0; i < 4; ++i) {
-    v[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
-    v[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
-    v[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
-    v[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xdd);
-  }
-}
 
 // x's rows [m0, m0 + 12) (those past M as zeros) -> out[k][row].
 void pack_x(const float* x, int M, int K, int m0, float* out) {
@@ -67,14 +41,14 @@ void pack_panel(const uint16_t* w, int K, int N, int n0, float* panel) {
   const int body = K / 16 * 16;
   for (int half = 0; half < kPanel; half += 16) {
     for (int k = 0; k < body; k += 16) {
-      __m512 v[16];
+      __m512i rows[16], columns[16];
       for (int i = 0; i < 16; ++i) {
         const int n = n0 + half + i;
         const uint16_t* p = w + static_cast<long>(n) * K + k;
-        v[i] = n < N ? (BF16 ? V::bf16(p) : V::f16(p)) : _mm512_setzero_ps();
+        rows[i] = _mm512_castps_si512(n < N ? (BF16 ? V::bf16(p) : V::f16(p)) : _mm512_setzero_ps());
       }
-      transpose16(v);
-      for (int i = 0; i < 16; ++i) _mm512_store_ps(panel + static_cast<long>(k + i) * kPanel + half, v[i]);
+      transpose16(rows, columns);
+      for (int i = 0; i < 16; ++i) _mm512_store_si512(panel + static_cast<long>(k + i) * kPanel + half, columns[i]);
     }
   }
   for (int j = 0; j < kPanel; ++j) {
@@ -113,17 +87,11 @@ void panels(const uint16_t* w, int K, const float* xp, int M, int N, long p0, lo
   float* panel = buffer.get(static_cast<size_t>(K) * kPanel + kRows * kPanel);
   float* out = panel + static_cast<long>(K) * kPanel;
   for (long p = p0; p < p1; ++p) {
-    const int n0 = static_cast<int>(p) * kPanel, width = std::min(kPanel, N - n0);
-    const __mmask16 lo = static_cast<__mmask16>(width >= 16 ? 0xffff : (1u << width) - 1);
-    const __mmask16 hi = static_cast<__mmask16>(width >= 32 ? 0xffff : width > 16 ? (1u << (width - 16)) - 1 : 0);
+    const int n0 = static_cast<int>(p) * kPanel;
     pack_panel<BF16>(w, K, N, n0, panel);
     for (int blk = 0; blk < blocks; ++blk) {
       block(xp + static_cast<long>(blk) * K * kRows, panel, K, out);
-      for (int r = 0; r < kRows && blk * kRows + r < M; ++r) {
-        float* yr = y + static_cast<long>(blk * kRows + r) * N + n0;
-        _mm512_mask_storeu_ps(yr, lo, _mm512_load_ps(out + r * kPanel));
-        _mm512_mask_storeu_ps(yr + 16, hi, _mm512_load_ps(out + r * kPanel + 16));
-      }
+      store_block(out, std::min(kRows, M - blk * kRows), N - n0, y + static_cast<long>(blk) * kRows * N + n0, N);
     }
   }
 }

@@ -21,6 +21,7 @@
 
 #include <algorithm>
 
+#include "avx512_gemm.h"
 #include "kernels.h"
 #include "pool.h"
 #include "scratch.h"
@@ -142,18 +143,12 @@ void panels(const Quantized& q, const int32_t* digits, const float* xscale, cons
   float* bias = scale + static_cast<long>(G) * kPanel;
   float* out = bias + static_cast<long>(G) * kPanel;
   for (long p = p0; p < p1; ++p) {
-    const int n0 = static_cast<int>(p) * kPanel, width = std::min(kPanel, N - n0);
-    const __mmask16 lo = static_cast<__mmask16>(width >= 16 ? 0xffff : (1u << width) - 1);
-    const __mmask16 hi = static_cast<__mmask16>(width >= 32 ? 0xffff : width > 16 ? (1u << (width - 16)) - 1 : 0);
+    const int n0 = static_cast<int>(p) * kPanel;
     pack_panel(q, N, n0, codes, scale, bias);
     for (int blk = 0; blk < blocks; ++blk) {
       block<STEPS>(digits + static_cast<long>(blk) * (K / 4) * kRows * kDigits, xscale + static_cast<long>(blk) * G * kRows,
                    xsum + static_cast<long>(blk) * G * kRows, codes, scale, bias, G, out);
-      for (int r = 0; r < kRows && blk * kRows + r < M; ++r) {
-        float* yr = y + static_cast<long>(blk * kRows + r) * N + n0;
-        _mm512_mask_storeu_ps(yr, lo, _mm512_load_ps(out + r * kPanel));
-        _mm512_mask_storeu_ps(yr + 16, hi, _mm512_load_ps(out + r * kPanel + 16));
-      }
+      store_block(out, std::min(kRows, M - blk * kRows), N - n0, y + static_cast<long>(blk) * kRows * N + n0, N);
     }
   }
 }
