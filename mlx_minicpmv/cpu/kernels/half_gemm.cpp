@@ -1,5 +1,5 @@
 // y = x @ W.T for bf16 or fp16 W in AVX-512 FMAs, for the GEMM's many rows (prefill, the vision
-// tower) where the CPU has no AMX.
+// tower): bf16 where the CPU has no AMX (amx.cpp's GEMM comes first), fp16 on every AVX-512 CPU.
 //
 // The tiled GEMM (matmul.cpp) widens 4 MB of W into fp32 for OpenBLAS's sgemm, which then packs
 // that tile again into its own panels: the widened tile goes through the caches twice before a
